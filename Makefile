@@ -1,0 +1,38 @@
+# Two commands for a fresh machine: `make demo` and `make test` (both set up .venv first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export VITQUANT_ASSETS ?= $(abspath ../shared)
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changed (a no-op when up to date).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/vitquant demo --out runs/demo
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	VITQUANT_QUIET=1 $(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/analysis_memory.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

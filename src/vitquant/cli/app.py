@@ -1,0 +1,17 @@
+"""The Typer application object every command module registers on."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="vitquant",
+    help="Why does my ViT lose accuracy when quantized, and what is the best int8 model I can get?"
+    "\n\nEvery command writes DIR/<command>.json (see docs/results.md) under --out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)

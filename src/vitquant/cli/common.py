@@ -1,0 +1,95 @@
+"""Options shared by every command, and the small helpers that turn them into library objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vitquant.data import DataBundle, check_compatible, load_data
+from vitquant.io import check_writable, write_json
+from vitquant.registry import LoadedModel, load_model
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Registry name (see `vitquant models`) or timm:<name>, e.g. timm:deit_small_patch16_224."
+    ),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(help="Checkpoint file (state_dict); default: the model's registered checkpoint."),
+]
+PretrainedOpt = Annotated[
+    bool, typer.Option(help="timm:<name> only: download timm's pretrained weights (online).")
+]
+RandomOpt = Annotated[
+    bool,
+    typer.Option(help="Keep random weights on purpose (architecture analysis only)."),
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option(help="timm:<name> only: classifier size (default: the number of data classes)."),
+]
+DataOpt = Annotated[
+    str,
+    typer.Option(help="digits (embedded), cifar10 ($VITQUANT_ASSETS), or an ImageFolder path."),
+]
+CalibOpt = Annotated[int, typer.Option(help="Calibration images (from train, disjoint from val).")]
+ValOpt = Annotated[
+    int | None,
+    typer.Option(help="Validation images from train, used for every choice [default: "
+                      "min(1000, 15% of train)]."),
+]  # fmt: skip
+LimitOpt = Annotated[
+    int | None, typer.Option(help="Stratified subset of the test split [default: all].")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed of every data subset.")]
+OutOpt = Annotated[
+    Path | None, typer.Option(help="Output folder [default: runs/<command>/<model>].")
+]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing result file in --out.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads [default: all cores].")]
+
+
+def out_dir(out: Path | None, command: str, model: str) -> Path:
+    if out is not None:
+        return out
+    return Path("runs") / command / model.replace(":", "_").replace("/", "_")
+
+
+def prepare_out(out: Path | None, command: str, model: str, overwrite: bool) -> Path:
+    """The output folder, after checking ``DIR/<command>.json`` may be written."""
+    directory = out_dir(out, command, model)
+    check_writable(directory / f"{command}.json", overwrite=overwrite)
+    return directory
+
+
+def model_and_data(
+    model: str,
+    *,
+    data: str,
+    checkpoint: Path | None,
+    pretrained: bool,
+    random_weights: bool,
+    num_classes: int | None,
+    calib: int,
+    val: int | None,
+    limit: int | None,
+    seed: int,
+) -> tuple[LoadedModel, DataBundle]:
+    bundle = load_data(data, calib=calib, val=val, limit=limit, seed=seed)
+    if model.startswith("timm:") and num_classes is None and not pretrained:
+        num_classes = len(bundle.classes)
+    loaded = load_model(
+        model, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights,
+        num_classes=num_classes,
+    )  # fmt: skip
+    check_compatible(bundle, loaded.spec)
+    return loaded, bundle
+
+
+def save_result(directory: Path, command: str, payload: dict) -> Path:
+    path = write_json(directory / f"{command}.json", payload)
+    return path

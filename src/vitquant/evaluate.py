@@ -1,0 +1,108 @@
+"""Accuracy, size on disk and latency of a model - the numbers every results row carries."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitquant.data import DataBundle
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@torch.no_grad()
+def predict(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    bundle: DataBundle,
+    role: str,
+    spec,
+    *,
+    batch_size: int = 256,
+    progress: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(N, classes)`` and labels ``(N,)`` of ``model`` on ``role``."""
+    logits, labels = [], []
+    for x, y in bundle.batches(role, spec, batch_size=batch_size, progress=progress):
+        logits.append(model(x).float())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def accuracy(model, bundle: DataBundle, role: str, spec, **kw) -> float:
+    """Top-1 accuracy (0-1) of ``model`` on ``role``."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    logits, labels = predict(model, bundle, role, spec, **kw)
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def file_size_mb(path: str | Path) -> float:
+    """Size of a file on disk in MiB."""
+    return Path(path).stat().st_size / 2**20
+
+
+def state_dict_size_mb(model: nn.Module) -> float:
+    """MiB of ``torch.save(model.state_dict())`` - the size of the saved artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        torch.save(model.state_dict(), path)
+        return file_size_mb(path)
+
+
+def count_layers(model: nn.Module) -> int:
+    """Number of quantizable modules (Linear/Conv)."""
+    return sum(isinstance(m, QUANTIZABLE) for m in model.modules())
+
+
+def threads() -> int:
+    return torch.get_num_threads()
+
+
+@torch.no_grad()
+def latency_ms_per_image(
+    fn: Callable[[torch.Tensor], object],
+    example: torch.Tensor,
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    min_seconds: float = 0.5,
+) -> float:
+    """Median wall time of ``fn(example)`` per image, after warm-up.
+
+    Runs at least ``repeats`` times and at least ``min_seconds`` in all, then reports the median
+    (robust to the odd slow run on a shared machine) divided by the batch size.
+    """
+    for _ in range(warmup):
+        fn(example)
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn(example)
+        times.append(time.perf_counter() - t0)
+        if len(times) > 1000:
+            break
+    return statistics.median(times) * 1000.0 / example.shape[0]
+
+
+def example_batch(bundle: DataBundle, spec, batch: int) -> torch.Tensor:
+    x, _ = next(bundle.batches("test", spec, batch_size=batch))
+    if x.shape[0] < batch:  # tiny test sets: repeat to the batch size
+        x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
+    return x
+
+
+def set_threads(n: int | None) -> int:
+    """Use ``n`` intra-op threads (default: all cores); returns the count in effect."""
+    if n:
+        torch.set_num_threads(n)
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+    return torch.get_num_threads()

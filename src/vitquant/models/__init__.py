@@ -1,0 +1,1 @@
+"""Model builders, one file per family; ``catalog`` registers them."""
