@@ -1,4 +1,4 @@
-"""vitquant: find out why a Vision Transformer loses accuracy under int8, and get the best int8 model.
+"""vitquant: why a Vision Transformer loses accuracy under int8, and the best int8 model.
 
 The importable API mirrors the command line: ``load_model`` (registry), ``load_data`` (data bundle),
 ``evaluate`` (accuracy/size/latency) and ``train``.

@@ -1,4 +1,4 @@
-"""Progress bars for long work (rich), quiet when ``VITQUANT_QUIET=1`` or output is not a terminal."""
+"""Progress bars for long work (rich); quiet with ``VITQUANT_QUIET=1`` or when not a terminal."""
 
 from __future__ import annotations
 

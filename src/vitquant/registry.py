@@ -1,9 +1,9 @@
 """Models by name: a ``ModelSpec`` per entry, registered explicitly, plus ``timm:<name>`` on demand.
 
 Each spec carries what the rest of vitquant needs to know about a model without building it: its
-family (vit or cnn), input size, normalisation, classes and default checkpoint. ``load_model`` builds
-the module and loads weights strictly (a model that silently keeps random weights is the worst
-failure this tool can have).
+family (vit or cnn), input size, normalisation, classes and default checkpoint.
+``load_model`` builds the module and loads weights strictly (a model that silently keeps random
+weights is the worst failure this tool can have).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from vitquant.registry import LoadedModel, load_model
 ModelArg = Annotated[
     str,
     typer.Argument(
-        help="Registry name (see `vitquant models`) or timm:<name>, e.g. timm:deit_small_patch16_224."
+        help="Registry name (see `vitquant models`) or timm:<name>, "
+        "e.g. timm:deit_small_patch16_224."
     ),
 ]
 CheckpointOpt = Annotated[
