@@ -388,7 +388,7 @@ def check_compatible(bundle: DataBundle, spec) -> None:
             f"{len(bundle.classes)} ({', '.join(bundle.classes[:5])}...). Use the data it was "
             "trained on."
         )
-    if tuple(spec.classes) != tuple(bundle.classes) and bundle.name not in ("digits",):
+    if tuple(spec.classes) != tuple(bundle.classes):
         raise VitquantError(
             f"{spec.name}'s classes {list(spec.classes)} differ from {bundle.name}'s "
             f"{list(bundle.classes)}; labels would not line up."

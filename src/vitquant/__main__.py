@@ -1,0 +1,5 @@
+"""`python -m vitquant` = the `vitquant` command."""
+
+from vitquant.cli import main
+
+main()
