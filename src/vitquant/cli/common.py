@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -91,6 +93,11 @@ def model_and_data(
     return loaded, bundle
 
 
+def invocation() -> str:
+    """The command line that produced a result, recorded so the report can show how to rerun it."""
+    return " ".join(["vitquant", *(shlex.quote(a) for a in sys.argv[1:])])
+
+
 def save_result(directory: Path, command: str, payload: dict) -> Path:
-    path = write_json(directory / f"{command}.json", payload)
-    return path
+    """Write ``DIR/<command>.json`` (atomically) with the reproducing command line added."""
+    return write_json(directory / f"{command}.json", {"command": invocation(), **payload})
