@@ -1,0 +1,336 @@
+"""Static post-training quantization with torchao's pt2e flow (export -> prepare -> calibrate ->
+convert), plus the graph inspection that says which layers really hold int8 weights.
+
+A converted pt2e graph run eagerly *emulates* int8: it quantizes and dequantizes in fp32 around
+float kernels. ``lower`` compiles it with inductor (x86), which fuses the quantize/dequantize
+patterns into oneDNN int8 kernels; only that is timed as int8 speed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vitquant.data import DataBundle
+from vitquant.errors import VitquantError
+from vitquant.evaluate import QUANTIZABLE
+from vitquant.quant.configs import StaticPTQ
+from vitquant.quant.scope import IgnoreScope, ResolvedScope, resolve_modules
+
+# aten ops whose second argument is a weight: the ops a Linear/Conv module lowers to.
+WEIGHT_OPS = {
+    torch.ops.aten.linear.default,
+    torch.ops.aten.conv1d.default,
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv3d.default,
+}
+INT8_DTYPES = (torch.int8, torch.uint8)
+
+
+@dataclass
+class QuantizedModel:
+    """A converted pt2e model and what it really contains.
+
+    Attributes:
+        module: the converted ``torch.fx.GraphModule`` (quantize/dequantize ops + int8 weights).
+        int8_layers: quantizable module names whose weight is an int8 constant in the graph.
+        float_layers: quantizable module names that kept float weights.
+        ignored: module names the ignore list kept in float.
+        notes: remarks from resolving the ignore list and from quantizing.
+        config: the recipe used.
+        example: an input batch the graph was exported with (for saving/lowering).
+    """
+
+    module: torch.fx.GraphModule
+    int8_layers: list[str]
+    float_layers: list[str]
+    ignored: list[str]
+    notes: list[str] = field(default_factory=list)
+    config: object = None
+    example: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantizers: backend name -> factory. Other backends (e.g. xnnpack) register here.
+
+
+def _observer(name: str, percentile: float = 99.99) -> tuple[type, dict]:
+    """The observer class of ``name`` and its extra constructor arguments."""
+    from torchao.quantization.pt2e.observer import (
+        HistogramObserver,
+        MinMaxObserver,
+        MovingAverageMinMaxObserver,
+    )
+
+    if name == "minmax":
+        return MinMaxObserver, {}
+    if name == "moving_average":
+        return MovingAverageMinMaxObserver, {}
+    if name == "histogram":
+        return HistogramObserver, {}
+    if name == "percentile":
+        from vitquant.quant.observers import PercentileObserver
+
+        return PercentileObserver, {"percentile": percentile}
+    raise VitquantError(f"unknown observer {name!r}; choose minmax, moving_average, histogram "
+                        "or percentile.")  # fmt: skip
+
+
+def quantization_config(
+    *,
+    per_channel: bool = True,
+    symmetric_activations: bool = False,
+    observer: str = "minmax",
+    percentile: float = 99.99,
+    is_qat: bool = False,
+    is_dynamic: bool = False,
+):
+    """A pt2e ``QuantizationConfig`` for int8 weights and (u)int8 activations.
+
+    Weights: int8 symmetric, per output channel (axis 0) or per tensor. Activations: uint8
+    asymmetric (x86 default) or int8 symmetric, range from ``observer``. QAT swaps observers for
+    fake-quantize modules (moving-average ranges); dynamic uses run-time activation ranges.
+    """
+    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
+    from torchao.quantization.pt2e.observer import (
+        MinMaxObserver,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+        PerChannelMinMaxObserver,
+        PlaceholderObserver,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+
+    eps = 2**-12
+    if symmetric_activations:
+        act_kw = dict(dtype=torch.int8, quant_min=-128, quant_max=127,
+                      qscheme=torch.per_tensor_symmetric)  # fmt: skip
+    else:
+        act_kw = dict(dtype=torch.uint8, quant_min=0, quant_max=255,
+                      qscheme=torch.per_tensor_affine)  # fmt: skip
+    if is_dynamic:
+        act_ctr = PlaceholderObserver.with_args(eps=eps)
+    elif is_qat:
+        act_ctr = FusedMovingAvgObsFakeQuantize.with_args(
+            observer=MovingAverageMinMaxObserver, eps=eps
+        )
+    else:
+        obs_cls, obs_kw = _observer(observer, percentile)
+        act_ctr = obs_cls.with_args(eps=eps, **obs_kw)
+    act = QuantizationSpec(**act_kw, is_dynamic=is_dynamic, observer_or_fake_quant_ctr=act_ctr)
+
+    if per_channel:
+        w_kw = dict(qscheme=torch.per_channel_symmetric, ch_axis=0)
+        w_obs = MovingAveragePerChannelMinMaxObserver if is_qat else PerChannelMinMaxObserver
+    else:
+        w_kw = dict(qscheme=torch.per_tensor_symmetric)
+        w_obs = MovingAverageMinMaxObserver if is_qat else MinMaxObserver
+    if is_qat:
+        w_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, eps=eps)
+    else:
+        w_ctr = w_obs.with_args(eps=eps)
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, is_dynamic=False,
+                              observer_or_fake_quant_ctr=w_ctr, **w_kw)  # fmt: skip
+    return QuantizationConfig(act, act, weight, None, is_qat)
+
+
+def _x86_quantizer(config, ignore: list[str]):
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    quantizer = X86InductorQuantizer()
+    quantizer.set_global(config)
+    for name in ignore:
+        quantizer.set_module_name_qconfig(name, None)
+    return quantizer
+
+
+# name -> factory(quantization_config, ignored module names) -> Quantizer
+QUANTIZER_FACTORIES: dict[str, Callable] = {"x86": _x86_quantizer}
+
+
+def make_quantizer(
+    *,
+    backend: str = "x86",
+    per_channel: bool = True,
+    symmetric_activations: bool = False,
+    observer: str = "minmax",
+    percentile: float = 99.99,
+    is_qat: bool = False,
+    is_dynamic: bool = False,
+    ignore: Iterable[str] = (),
+):
+    """A pt2e ``Quantizer`` for ``backend`` that keeps the ``ignore`` modules in float.
+
+    Args:
+        backend: a key of ``QUANTIZER_FACTORIES`` (``x86``; other modules add theirs).
+        per_channel, symmetric_activations, observer, percentile, is_qat, is_dynamic: see
+            ``quantization_config``.
+        ignore: resolved module names (see ``IgnoreScope.resolve``) to leave unannotated.
+    """
+    factory = QUANTIZER_FACTORIES.get(backend)
+    if factory is None:
+        raise VitquantError(
+            f"unknown pt2e backend {backend!r}; known: {', '.join(QUANTIZER_FACTORIES)}."
+        )
+    config = quantization_config(
+        per_channel=per_channel, symmetric_activations=symmetric_activations, observer=observer,
+        percentile=percentile, is_qat=is_qat, is_dynamic=is_dynamic,
+    )  # fmt: skip
+    return factory(config, list(ignore))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export, quantize, inspect
+
+
+def export_model(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool = True):
+    """``torch.export`` ``model`` (eval mode) and return the exported ``GraphModule``.
+
+    The batch dimension is dynamic (when the example has at least 2 images), so one graph serves
+    batch 1 and batch 32.
+    """
+    model = model.eval()
+    dynamic_shapes = None
+    if dynamic_batch and example.shape[0] >= 2:
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},)
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    except Exception:  # a model that specialises on the batch size: export it static
+        if dynamic_shapes is None:
+            raise
+        program = torch.export.export(model, (example,))
+    return program.module()
+
+
+def _module_of(node: torch.fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path or None
+
+
+def weight_dtypes(gm: torch.fx.GraphModule) -> dict[str, torch.dtype]:
+    """Module name -> dtype of the weight tensor its Linear/Conv op reads in the graph.
+
+    A quantized layer's weight reaches the op through ``dequantize(int8 constant)``; a float
+    layer reads its float parameter directly.
+    """
+    out: dict[str, torch.dtype] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in WEIGHT_OPS or len(node.args) < 2:
+            continue
+        name = _module_of(node)
+        if name is None:
+            continue
+        w = node.args[1]
+        while (
+            isinstance(w, torch.fx.Node)
+            and w.op == "call_function"
+            and "dequantize" in str(w.target)
+        ):
+            w = w.args[0]
+        dtype = None
+        if isinstance(w, torch.fx.Node) and w.op == "get_attr":
+            dtype = _get_attr(gm, w.target).dtype
+        elif isinstance(w, torch.fx.Node) and isinstance(w.meta.get("val"), torch.Tensor):
+            dtype = w.meta["val"].dtype
+        if dtype is not None:
+            out[name] = dtype
+    return out
+
+
+def _get_attr(gm: nn.Module, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def split_int8(model: nn.Module, gm: torch.fx.GraphModule) -> tuple[list[str], list[str]]:
+    """(int8 layers, float layers): Linear/Conv names split by their weight dtype in ``gm``."""
+    dtypes = weight_dtypes(gm)
+    names = [n for n, m in model.named_modules() if n and isinstance(m, QUANTIZABLE)]
+    int8 = [n for n in names if dtypes.get(n) in INT8_DTYPES]
+    return int8, [n for n in names if n not in int8]
+
+
+def _scope(model: nn.Module, ignore) -> ResolvedScope:
+    if isinstance(ignore, ResolvedScope):
+        return ignore
+    if isinstance(ignore, IgnoreScope) or ignore is None:
+        return resolve_modules(model, ignore)
+    return resolve_modules(model, IgnoreScope.from_cli(list(ignore)))
+
+
+@torch.no_grad()
+def quantize_static(
+    model: nn.Module,
+    bundle: DataBundle,
+    spec,
+    cfg: StaticPTQ = StaticPTQ(),
+    *,
+    ignore: IgnoreScope | ResolvedScope | Iterable[str] = (),
+    progress: str | None = None,
+) -> QuantizedModel:
+    """Static PTQ: export, annotate (keeping ``ignore`` in float), calibrate on ``calib``, convert.
+
+    Args:
+        model: the float model (not modified).
+        bundle: data; calibration uses its ``calib`` role (``cfg.calib`` images).
+        spec: the model's ``ModelSpec``.
+        cfg: the recipe.
+        ignore: an ``IgnoreScope``, a ``ResolvedScope`` or a list of names/globs.
+        progress: a description to show a progress bar over calibration batches.
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model = copy.deepcopy(model).eval()
+    scope = _scope(model, ignore)
+    batches = list(
+        bundle.batches("calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib,
+                       progress=progress)
+    )  # fmt: skip
+    if not batches:
+        raise VitquantError("no calibration images: pass --calib N with N > 0.")
+    example = batches[0][0][: min(len(batches[0][0]), 8)]
+    if example.shape[0] < 2:
+        example = example.repeat(2, 1, 1, 1)
+    graph = export_model(model, example)
+    quantizer = make_quantizer(
+        backend=cfg.backend, per_channel=cfg.per_channel,
+        symmetric_activations=cfg.symmetric_activations, observer=cfg.observer,
+        percentile=cfg.percentile, ignore=scope.modules,
+    )  # fmt: skip
+    prepared = prepare_pt2e(graph, quantizer)
+    for x, _ in batches:
+        prepared(x)
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # so evaluate.accuracy may call .eval()
+    int8, floats = split_int8(model, converted)
+    return QuantizedModel(
+        module=converted, int8_layers=int8, float_layers=floats, ignored=list(scope.modules),
+        notes=list(scope.notes), config=cfg, example=example,
+    )  # fmt: skip
+
+
+def lower(qm: QuantizedModel | torch.fx.GraphModule, *, freezing: bool = True):
+    """Compile a converted graph with inductor so int8 patterns run as int8 kernels (x86).
+
+    Returns the compiled callable; the first calls compile (tens of seconds on a small CPU).
+    Raises whatever ``torch.compile`` raises - callers fall back to eager and mark the
+    measurement ``simulated``.
+    """
+    import torch._inductor.config as inductor_config
+
+    gm = qm.module if isinstance(qm, QuantizedModel) else qm
+    inductor_config.freezing = freezing
+    return torch.compile(gm, backend="inductor")
