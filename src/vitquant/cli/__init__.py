@@ -11,6 +11,7 @@ from vitquant.cli import (  # noqa: F401  (each module registers its commands)
     demo_cmd,
     eval_cmd,
     models_cmd,
+    report_cmd,
     train_cmd,
 )
 from vitquant.cli.app import app, err_console
