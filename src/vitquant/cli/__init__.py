@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from vitquant.cli import (  # noqa: F401  (each module registers its commands)
+    compare_cmd,
     demo_cmd,
     eval_cmd,
     models_cmd,

@@ -1,0 +1,1 @@
+"""Plots: each function renders data computed elsewhere into a PNG (matplotlib, Agg)."""
