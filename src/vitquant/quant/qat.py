@@ -1,0 +1,548 @@
+"""Quantization-aware training with torchao's pt2e flow (``prepare_qat_pt2e``).
+
+The float model is exported, annotated by the x86 quantizer in QAT mode (fake-quant modules on
+weights and activations, Conv+BN kept as a foldable QAT pattern) and fine-tuned. Before the first
+epoch the fake-quant observers are initialised on calibration images, so epoch 0 of the history
+is plain static PTQ with the same quantizer. After every epoch a *copy* is converted to the int8
+reference model and evaluated on the validation images; the kept weights are those of the best
+validation epoch (epoch 0 included), never chosen on test.
+
+Freezing, counted in finished epochs:
+
+- ``freeze_observers_after=E1``: from epoch ``E1 + 1`` on the observers stop updating, so the
+  scales and zero points stay fixed while the weights keep learning;
+- ``freeze_bn_after=E2``: from epoch ``E2 + 1`` on BatchNorm uses and keeps its running
+  statistics (the ``training`` flag of the graph's batch_norm nodes is set to False).
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the prepared graph is wrapped in
+DistributedDataParallel (gloo on CPU, nccl with CUDA); each rank trains on its shard of the
+epoch's images, buffers (observer ranges, scales, BN statistics) are broadcast from rank 0 after
+every epoch, and only rank 0 evaluates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vitquant.data import DataBundle, random_crop_flip, to_model_input
+from vitquant.errors import VitquantError
+from vitquant.evaluate import accuracy
+from vitquant.progress import track
+from vitquant.quant.pt2e import export_model, make_quantizer
+from vitquant.train import TrainConfig, make_optimizer, make_scheduler
+
+BN_TARGETS = (
+    torch.ops.aten.batch_norm.default,
+    torch.ops.aten._native_batch_norm_legit.default,
+    torch.ops.aten.cudnn_batch_norm.default,
+)
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """One QAT recipe.
+
+    Attributes:
+        epochs: fine-tuning epochs.
+        lr: peak learning rate (cosine decay to 0 after ``warmup_epochs``).
+        momentum: SGD momentum (Nesterov).
+        weight_decay: weight decay.
+        optimizer: ``sgd`` or ``adamw``.
+        batch_size: global batch size (split across ranks under torchrun).
+        freeze_observers_after: finished epochs after which observers stop updating (None: never).
+        freeze_bn_after: finished epochs after which BatchNorm statistics freeze (None: never).
+        train_limit: train on this many fit images per epoch, drawn afresh each epoch (None: all).
+        calib: calibration images that initialise the observers before epoch 1 (None: all).
+        augment: random crop + flip of 3-channel images.
+        warmup_epochs: linear warm-up of the learning rate.
+        label_smoothing: cross-entropy label smoothing.
+        backend: pt2e quantizer backend (see ``vitquant.quant.pt2e.make_quantizer``).
+        per_channel: per-output-channel weight scales.
+        symmetric_activations: int8 symmetric activations instead of uint8 asymmetric.
+        seed: seed of the epoch order, augmentation and dropout.
+        eval_batch: batch size of the validation passes.
+    """
+
+    epochs: int = 3
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    batch_size: int = 64
+    freeze_observers_after: int | None = None
+    freeze_bn_after: int | None = None
+    train_limit: int | None = None
+    calib: int | None = None
+    augment: bool = True
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    backend: str = "x86"
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    seed: int = 0
+    eval_batch: int = 256
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})."),
+            (self.lr > 0, f"--lr must be > 0 (got {self.lr})."),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})."),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})."),
+            (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, "
+                                                 f"not {self.optimizer!r}."),
+            (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})."),
+            (self.train_limit is None or self.train_limit >= 1,
+             f"--train-limit must be >= 1 (got {self.train_limit})."),
+            (self.calib is None or self.calib >= 1, f"--calib must be >= 1 (got {self.calib})."),
+        ]  # fmt: skip
+        for name in ("freeze_observers_after", "freeze_bn_after"):
+            value = getattr(self, name)
+            flag = "--" + name.replace("_", "-")
+            checks.append((value is None or value >= 0, f"{flag} must be >= 0 (got {value})."))
+        for ok, message in checks:
+            if not ok:
+                raise VitquantError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def train_config(self) -> TrainConfig:
+        """The ``TrainConfig`` whose optimizer and schedule QAT shares with ``vitquant train``."""
+        return TrainConfig(
+            epochs=self.epochs, lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, optimizer=self.optimizer,
+            batch_size=self.batch_size, label_smoothing=self.label_smoothing,
+            augment=self.augment, warmup_epochs=self.warmup_epochs, seed=self.seed,
+            train_limit=self.train_limit,
+        )  # fmt: skip
+
+
+@dataclass
+class QATResult:
+    """What a QAT run produced.
+
+    Attributes:
+        history: one dict per epoch (epoch 0 = after calibration, before training): ``epoch``,
+            ``loss``, ``float_val_acc`` (fake-quant off), ``int8_val_acc`` (converted copy),
+            ``observers_frozen``, ``bn_frozen``, ``seconds``.
+        best_epoch: epoch whose int8 validation accuracy was highest (ties: the earliest).
+        best_val: that accuracy.
+        prepared: the fake-quant model with the best epoch's state (CPU).
+        converted: the int8 reference model of the best epoch (CPU); None on ranks > 0.
+        world_size: processes that trained.
+        diverged: training stopped early on a non-finite loss.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = -1.0
+    prepared: nn.Module | None = None
+    converted: nn.Module | None = None
+    world_size: int = 1
+    diverged: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return sum(h["seconds"] for h in self.history)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a ``torchrun`` job (world 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_context() -> DistContext:
+    """Join the process group that ``torchrun``'s environment describes, if any.
+
+    gloo on CPU, nccl when CUDA is available (one GPU per local rank).
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if world <= 1:
+        return DistContext(device=device)
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
+
+
+def _broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
+    """Make every rank's buffers (observer ranges, scales, BN statistics) equal to rank 0's."""
+    if ctx.world <= 1:
+        return
+    import torch.distributed as dist
+
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
+def _broadcast_object(obj, ctx: DistContext):
+    if ctx.world <= 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------- graph helpers
+
+
+def make_qat_quantizer(cfg: QATConfig, ignore: Sequence[str] = ()):
+    """The pt2e quantizer of ``cfg.backend`` in QAT mode, with ``ignore`` modules left in float."""
+    return make_quantizer(
+        backend=cfg.backend, per_channel=cfg.per_channel,
+        symmetric_activations=cfg.symmetric_activations, is_qat=True, ignore=list(ignore),
+    )  # fmt: skip
+
+
+def prepare_qat(
+    model: nn.Module, example: torch.Tensor, cfg: QATConfig, ignore: Sequence[str] = ()
+) -> torch.fx.GraphModule:
+    """Export ``model`` and insert fake-quant modules (``prepare_qat_pt2e``), in train mode."""
+    from torchao.quantization.pt2e import move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    if example.shape[0] < 2:  # batch 1 would be specialised
+        example = example.repeat(2, 1, 1, 1)
+    try:
+        graph = export_model(copy.deepcopy(model), example)
+    except Exception as exc:  # torch raises many types for untraceable models
+        raise VitquantError(
+            f"torch.export could not trace the model for QAT ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300]})."
+        ) from exc
+    with cached_patterns():
+        prepared = prepare_qat_pt2e(graph, make_qat_quantizer(cfg, ignore))
+        move_exported_model_to_train(prepared)
+    return prepared
+
+
+_PATTERNS: dict = {}
+
+
+def _pattern_key(pattern, example_inputs, is_cuda, kwargs):
+    """A hashable identity of a pattern function and its example shapes, or None."""
+    fn = getattr(pattern, "fn", pattern)  # torchao's WrapperModule holds the function
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+
+    def shape(v):
+        return ("t", tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else ("v", repr(v))
+
+    try:
+        cells = tuple(c.cell_contents for c in fn.__closure__ or ())
+        key = (code, cells, tuple(map(shape, example_inputs)), bool(is_cuda),
+               tuple(sorted((k, shape(v)) for k, v in kwargs.items())))  # fmt: skip
+        hash(key)
+    except (TypeError, ValueError):
+        return None
+    return key
+
+
+@contextlib.contextmanager
+def cached_patterns():
+    """Memoise torchao's pattern export while converting or preparing QAT graphs.
+
+    ``convert_pt2e`` re-exports about a hundred small Conv+BN patterns with ``torch.export`` on
+    every call (tens of seconds for a three-layer CNN); they depend only on the pattern function
+    and the example shapes, so one process exports each once. Each caller gets a copy.
+    """
+    from torchao.quantization.pt2e import qat_utils, utils
+
+    original = utils._get_aten_graph_module_for_pattern
+
+    def cached(pattern, example_inputs, is_cuda=False, **kwargs):
+        key = _pattern_key(pattern, example_inputs, is_cuda, kwargs)
+        if key is None:
+            return original(pattern, example_inputs, is_cuda, **kwargs)
+        if key not in _PATTERNS:
+            _PATTERNS[key] = original(pattern, example_inputs, is_cuda, **kwargs)
+        return copy.deepcopy(_PATTERNS[key])
+
+    utils._get_aten_graph_module_for_pattern = cached
+    qat_utils._get_aten_graph_module_for_pattern = cached
+    try:
+        yield
+    finally:
+        utils._get_aten_graph_module_for_pattern = original
+        qat_utils._get_aten_graph_module_for_pattern = original
+
+
+def set_bn_training(graph: torch.fx.GraphModule, training: bool) -> int:
+    """Set the ``training`` flag of every batch_norm node; returns how many nodes there are.
+
+    ``training=False`` normalises with the running statistics and stops updating them: this is
+    how BatchNorm is frozen in an exported graph (``module.eval()`` has no effect there).
+    """
+    nodes = [n for n in graph.graph.nodes if n.op == "call_function" and n.target in BN_TARGETS]
+    changed = False
+    for node in nodes:
+        args = list(node.args)
+        if args[5] != training:
+            args[5] = training
+            node.args = tuple(args)
+            changed = True
+    if changed:
+        graph.recompile()
+    return len(nodes)
+
+
+def fake_quant_modules(graph: nn.Module) -> dict[str, nn.Module]:
+    """The fake-quant modules (they carry ``scale`` and ``zero_point``) by name."""
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    return {n: m for n, m in graph.named_modules() if isinstance(m, FakeQuantizeBase)}
+
+
+def freeze_observers(graph: nn.Module) -> None:
+    """Stop every observer: scales and zero points keep their current values."""
+    from torchao.quantization.pt2e import disable_observer
+
+    graph.apply(disable_observer)
+
+
+def eval_copy(prepared: nn.Module, *, fake_quant: bool = True) -> nn.Module:
+    """A CPU copy of ``prepared`` in eval mode (``fake_quant=False``: the latent float model)."""
+    from torchao.quantization.pt2e import (
+        allow_exported_model_train_eval,
+        disable_fake_quant,
+        disable_observer,
+        move_exported_model_to_eval,
+    )
+
+    model = copy.deepcopy(prepared).cpu()
+    with cached_patterns():
+        move_exported_model_to_eval(model)
+    set_bn_training(model, False)
+    model.apply(disable_observer)
+    if not fake_quant:
+        model.apply(disable_fake_quant)
+    return allow_exported_model_train_eval(model)  # so ``accuracy`` may call ``.eval()``
+
+
+def convert_copy(prepared: nn.Module) -> nn.Module:
+    """The int8 reference model (``convert_pt2e``) of a copy of ``prepared``; it stays as is."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    model = eval_copy(prepared)
+    with cached_patterns():
+        model = convert_pt2e(model)
+    return allow_exported_model_train_eval(model)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _fit_batches(
+    bundle: DataBundle,
+    fit_split,
+    spec,
+    cfg: QATConfig,
+    epoch: int,
+    ctx: DistContext,
+):
+    """This rank's batches of epoch ``epoch``: a seeded permutation of (a subset of) fit, sharded.
+
+    Every rank draws the same permutation, keeps every ``world``-th image and the same number of
+    them (so the ranks take the same number of steps), in batches of ``batch_size // world``.
+    """
+    n = len(fit_split) if cfg.train_limit is None else min(cfg.train_limit, len(fit_split))
+    order = torch.randperm(len(fit_split), generator=torch.Generator().manual_seed(
+        cfg.seed * 100_003 + epoch))[:n]  # fmt: skip
+    per_rank = n // ctx.world
+    mine = order[ctx.rank :: ctx.world][:per_rank]
+    batch = max(1, cfg.batch_size // ctx.world)
+    aug = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)
+    for start in range(0, per_rank, batch):
+        idx = mine[start : start + batch]
+        x = to_model_input(fit_split.images[idx], spec)
+        if cfg.augment and x.shape[1] == 3:
+            x = random_crop_flip(x, generator=aug)
+        yield x, fit_split.labels[idx]
+
+
+def _steps(n_fit: int, cfg: QATConfig, world: int) -> int:
+    n = n_fit if cfg.train_limit is None else min(cfg.train_limit, n_fit)
+    batch = max(1, cfg.batch_size // world)
+    return max(1, -(-(n // world) // batch))
+
+
+@torch.no_grad()
+def calibrate(prepared: torch.fx.GraphModule, bundle: DataBundle, spec, cfg: QATConfig) -> int:
+    """Initialise the observers on ``calib`` images (BN in inference mode); returns images used."""
+    role = "calib" if len(bundle.calib_idx) else "fit"
+    limit = cfg.calib if cfg.calib is not None else (None if role == "calib" else 256)
+    set_bn_training(prepared, False)
+    seen = 0
+    for x, _ in bundle.batches(role, spec, batch_size=64, limit=limit, progress="calibrating"):
+        prepared(x.to(_device(prepared)))
+        seen += len(x)
+    set_bn_training(prepared, True)
+    return seen
+
+
+def _device(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def run_qat(
+    model: nn.Module,
+    spec,
+    bundle: DataBundle,
+    cfg: QATConfig,
+    *,
+    ignore: Sequence[str] = (),
+    on_epoch: Callable[[int, dict], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> QATResult:
+    """Fine-tune ``model`` with fake quantization and keep the best int8-validation epoch.
+
+    Args:
+        model: the float model (not modified).
+        spec: its ``ModelSpec``.
+        bundle: data; trains on ``fit``, initialises observers on ``calib``, selects on ``val``.
+        cfg: the recipe.
+        ignore: quantizable module names to keep in float.
+        on_epoch: called as ``on_epoch(epoch, record)`` after each trained epoch on rank 0
+            (Optuna reports and prunes here; an exception stops the run).
+        log: where progress lines go (rank 0 only).
+
+    Returns:
+        The ``QATResult``; ``converted`` is the best epoch's int8 model (rank 0).
+    """
+    if len(bundle.fit_idx) == 0:
+        raise VitquantError(
+            f"{bundle.name} has no training split; QAT needs one (a folder with train/ and test/)."
+        )
+    ctx = dist_context()
+    say = log if ctx.is_main else (lambda s: None)
+    torch.manual_seed(cfg.seed)
+    fit_split = bundle.role("fit")
+    example, _ = next(bundle.batches("fit", spec, batch_size=2))
+    prepared = prepare_qat(model, example, cfg, ignore)
+    n_bn = set_bn_training(prepared, True)
+    n_calib = calibrate(prepared, bundle, spec, cfg)
+    prepared.to(ctx.device)
+    net: nn.Module = prepared
+    if ctx.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        net = DistributedDataParallel(prepared, device_ids=ids, broadcast_buffers=True)
+    _broadcast_buffers(prepared, ctx)
+
+    tcfg = cfg.train_config()
+    opt = make_optimizer(prepared, tcfg)
+    steps = _steps(len(fit_split), cfg, ctx.world)
+    sched = make_scheduler(opt, tcfg, steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    result = QATResult(world_size=ctx.world)
+    say(f"QAT: {len(fake_quant_modules(prepared))} fake-quant modules, {n_bn} BatchNorm nodes, "
+        f"observers initialised on {n_calib} images; {steps} steps/epoch on {ctx.world} "
+        "process(es)")  # fmt: skip
+
+    best_state = None
+    observers_frozen = bn_frozen = False
+    for epoch in range(0, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        loss = None
+        if epoch > 0:
+            if cfg.freeze_observers_after is not None and epoch > cfg.freeze_observers_after:
+                if not observers_frozen:
+                    freeze_observers(prepared)
+                    observers_frozen = True
+                    say(f"epoch {epoch}: observers frozen")
+            if cfg.freeze_bn_after is not None and epoch > cfg.freeze_bn_after and not bn_frozen:
+                set_bn_training(prepared, False)
+                bn_frozen = True
+                say(f"epoch {epoch}: BatchNorm statistics frozen")
+            loss = _train_epoch(net, prepared, bundle, fit_split, spec, cfg, epoch, ctx,
+                                opt, sched, loss_fn, steps)  # fmt: skip
+            _broadcast_buffers(prepared, ctx)
+        record = {"epoch": epoch, "loss": loss, "observers_frozen": observers_frozen,
+                  "bn_frozen": bn_frozen}  # fmt: skip
+        if ctx.is_main:
+            record["float_val_acc"] = accuracy(
+                eval_copy(prepared, fake_quant=False), bundle, "val", spec,
+                batch_size=cfg.eval_batch,
+            )  # fmt: skip
+            record["int8_val_acc"] = accuracy(
+                convert_copy(prepared), bundle, "val", spec, batch_size=cfg.eval_batch
+            )
+        record = _broadcast_object(record, ctx)
+        record["seconds"] = time.perf_counter() - t0
+        result.history.append(record)
+        loss_txt = "-" if loss is None else f"{loss:.4f}"
+        say(f"epoch {epoch}/{cfg.epochs}: loss {loss_txt}, val float "
+            f"{record['float_val_acc']:.4f}, int8 {record['int8_val_acc']:.4f} "
+            f"({record['seconds']:.1f} s)")  # fmt: skip
+        if record["int8_val_acc"] > result.best_val:
+            result.best_val, result.best_epoch = record["int8_val_acc"], epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in prepared.state_dict().items()}
+        if loss is not None and not math.isfinite(loss):
+            result.diverged = True
+            say(f"epoch {epoch}: the loss is not finite; stopping (lower --lr)")
+            break
+        if epoch > 0 and on_epoch is not None and ctx.is_main:
+            on_epoch(epoch, record)
+
+    prepared.load_state_dict(best_state)
+    result.prepared = prepared.cpu()
+    if ctx.is_main:
+        result.converted = convert_copy(prepared)
+    return result
+
+
+def _train_epoch(net, prepared, bundle, fit_split, spec, cfg, epoch, ctx, opt, sched, loss_fn,
+                 steps) -> float:  # fmt: skip
+    """One epoch of this rank's shard; returns the mean loss over all ranks."""
+    total = torch.zeros(2, dtype=torch.float64)
+    batches = _fit_batches(bundle, fit_split, spec, cfg, epoch, ctx)
+    desc = f"QAT epoch {epoch}/{cfg.epochs}"
+    for x, y in track(batches, total=steps, description=desc) if ctx.is_main else batches:
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(prepared.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        total += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64)
+        if ctx.world == 1 and not math.isfinite(loss.item()):
+            break  # under DDP every rank must take the same number of steps
+    if ctx.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
