@@ -8,10 +8,12 @@ from __future__ import annotations
 import sys
 
 from vitquant.cli import (  # noqa: F401  (each module registers its commands)
+    analyze_cmd,
     compare_cmd,
     demo_cmd,
     eval_cmd,
     models_cmd,
+    pipeline_cmd,
     report_cmd,
     train_cmd,
 )

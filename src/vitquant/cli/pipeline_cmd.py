@@ -1,0 +1,108 @@
+"""`vitquant pipeline`: the whole study as one command, every decision recorded."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vitquant.cli.app import app, console
+from vitquant.cli.common import (
+    CalibOpt,
+    CheckpointOpt,
+    DataOpt,
+    LimitOpt,
+    ModelArg,
+    OutOpt,
+    OverwriteOpt,
+    SeedOpt,
+    ThreadsOpt,
+    ValOpt,
+    model_and_data,
+    prepare_out,
+    save_result,
+)
+from vitquant.evaluate import set_threads
+from vitquant.pipeline import PipelineConfig, run_pipeline
+from vitquant.plots.pipeline import plot_flow
+
+
+@app.command()
+def pipeline(
+    model: ModelArg,
+    data: DataOpt = "digits",
+    max_drop: Annotated[
+        float, typer.Option(help="Accuracy budget in points (fp32 minus int8, measured on val).")
+    ] = 1.0,
+    checkpoint: CheckpointOpt = None,
+    calib: CalibOpt = 256,
+    val: ValOpt = None,
+    limit: LimitOpt = None,
+    threshold: Annotated[float, typer.Option(help="Significant outlier % of a point.")] = 5.0,
+    stats_images: Annotated[int, typer.Option(help="Images for the activation statistics.")] = 256,
+    per_channel: Annotated[bool, typer.Option(help="Per-channel weight scales.")] = True,
+    observer: Annotated[
+        str, typer.Option(help="minmax, moving_average, histogram, percentile.")
+    ] = "minmax",  # fmt: skip
+    trials: Annotated[int, typer.Option(help="Optuna trials if QAT is needed.")] = 4,
+    qat_epochs: Annotated[int, typer.Option(help="Epochs per QAT trial.")] = 2,
+    qat_train_limit: Annotated[
+        int | None, typer.Option(help="Training images per QAT epoch [default: all].")
+    ] = None,
+    force_qat: Annotated[bool, typer.Option(help="Run the QAT branch even within budget.")] = False,
+    sensitivity_limit: Annotated[
+        int | None, typer.Option(help="Val images for the sensitivity ranking [default: all].")
+    ] = None,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Float -> outliers -> static PTQ -> PTQ ignoring outlier layers -> auto ignore list ->
+    dynamic -> (QAT + Optuna if still over --max-drop) -> final choice -> pipeline.json.
+
+    Choices use the val images; test figures are reported. The final choice: the fastest
+    variant within the val budget, else the most accurate on val.
+    """
+    directory = prepare_out(out, "pipeline", model, overwrite)
+    set_threads(threads)
+    loaded, bundle = model_and_data(
+        model, data=data, checkpoint=checkpoint, pretrained=False, random_weights=False,
+        num_classes=None, calib=calib, val=val, limit=limit, seed=seed,
+    )  # fmt: skip
+    cfg = PipelineConfig(
+        max_drop=max_drop, threshold=threshold, stats_images=stats_images,
+        per_channel=per_channel, observer=observer, trials=trials, qat_epochs=qat_epochs,
+        qat_train_limit=qat_train_limit, force_qat=force_qat,
+        sensitivity_limit=sensitivity_limit,
+    )  # fmt: skip
+    from vitquant.pipeline_steps import analysis_step, qat_step
+
+    run = run_pipeline(
+        loaded.model, loaded.spec, bundle, cfg, out=directory,
+        analyze=analysis_step(loaded.model, loaded.spec, bundle, cfg, log=console.print),
+        qat_search=qat_step(model, loaded, bundle, cfg, directory, log=console.print),
+        log=console.print,
+    )  # fmt: skip
+    flow_png = plot_flow(run.flow, directory / "pipeline_flow.png",
+                         title=f"{model} on {bundle.name}: budget {max_drop} pts")  # fmt: skip
+    table = Table(title=f"pipeline {model} ({bundle.name}, test n={len(bundle.test_idx)})")
+    for col in ("variant", "backend", "val drop", "test acc", "test drop", "float layers",
+                "MiB", "ms/img", "simulated"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for v in run.variants:
+        r = v.row
+        table.add_row(r.variant, r.backend, f"{v.val_drop_pts:.2f}", f"{r.accuracy:.4f}",
+                      f"{r.drop_pts:.2f}", str(r.float_layers), f"{r.size_mb:.2f}",
+                      f"{r.latency_ms_per_image:.3f}", "yes" if r.simulated else "")  # fmt: skip
+    console.print(table)
+    for d in run.decisions:
+        console.print(f"[bold]{d['step']}[/]: {d['decision']} ({d['reason']})")
+    payload = {
+        "model": model, "checkpoint": loaded.checkpoint, **bundle.describe(),
+        "subsets": bundle.sizes(), **run.to_dict(), "plots": [flow_png.name],
+    }  # fmt: skip
+    path = save_result(directory, "pipeline", payload)
+    console.print(f"final: [bold]{run.final.row.variant}[/] - {run.final_reason}")
+    console.print(f"wrote {path}")

@@ -1,0 +1,313 @@
+"""The whole study as one flow, recording every figure and the reason for every decision.
+
+float evaluation -> analysis (outliers, change scores) -> static PTQ of all layers -> static PTQ
+keeping the significant outlier layers in float -> accuracy-aware ignore list -> dynamic int8 ->
+(if the best post-training val drop is still above ``max_drop``) QAT with an Optuna search ->
+final choice.
+
+Every choice uses the ``val`` role (train images never trained or calibrated on); the ``test``
+role only provides the reported figures. The final choice follows one rule (``choose_final``):
+among the variants whose *val* drop is within ``max_drop``, the fastest measured one (ties: the
+smallest); if none is within budget, the most accurate on val.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from vitquant.data import DataBundle
+from vitquant.evaluate import accuracy, count_layers, example_batch, file_size_mb
+from vitquant.results import ResultRow, finalize
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One run of the pipeline.
+
+    Attributes:
+        max_drop: accuracy budget in points (fp32 val accuracy minus int8 val accuracy).
+        threshold: outlier % above which an observed point is significant.
+        stats_images: calibration images used for the activation statistics.
+        per_channel: per-channel weight scales for static PTQ.
+        observer: activation observer for static PTQ (see ``StaticPTQ``).
+        backend: pt2e quantizer backend.
+        trials: Optuna trials of the QAT search when post-training misses the budget.
+        qat_epochs: epochs per QAT trial.
+        qat_train_limit: training images per QAT epoch (None: all fit images).
+        force_qat: run the QAT branch even when post-training meets the budget.
+        sensitivity_limit: val images for the per-layer sensitivity ranking (None: all val).
+    """
+
+    max_drop: float = 1.0
+    threshold: float = 5.0
+    stats_images: int = 256
+    per_channel: bool = True
+    observer: str = "minmax"
+    backend: str = "x86"
+    trials: int = 4
+    qat_epochs: int = 2
+    qat_train_limit: int | None = None
+    force_qat: bool = False
+    sensitivity_limit: int | None = None
+
+
+@dataclass
+class Variant:
+    """A candidate model: its results row plus the validation accuracy the choices use."""
+
+    row: ResultRow
+    val_acc: float
+    val_drop_pts: float
+    module: object = field(default=None, repr=False)
+
+
+@dataclass
+class PipelineRun:
+    config: PipelineConfig
+    steps: list[dict] = field(default_factory=list)  # one per step: name, figures, seconds
+    decisions: list[dict] = field(default_factory=list)  # step, decision, reason
+    variants: list[Variant] = field(default_factory=list)
+    final: Variant | None = None
+    final_reason: str = ""
+    flow: list[dict] = field(default_factory=list)  # nodes of the flow diagram
+
+    def decide(self, step: str, decision: str, reason: str) -> None:
+        self.decisions.append({"step": step, "decision": decision, "reason": reason})
+
+    def to_dict(self) -> dict:
+        return {
+            "config": asdict(self.config), "steps": self.steps, "decisions": self.decisions,
+            "results": [v.row.to_dict() for v in self.variants],
+            "val": {v.row.variant: {"val_acc": v.val_acc, "val_drop_pts": v.val_drop_pts}
+                    for v in self.variants},
+            "final": self.final.row.to_dict() if self.final else None,
+            "final_reason": self.final_reason, "flow": self.flow,
+        }  # fmt: skip
+
+
+def choose_final(variants: list[Variant], max_drop: float) -> tuple[Variant, str]:
+    """The documented rule: fastest within the val budget (ties: smallest), else most accurate."""
+    quantized = [v for v in variants if v.row.variant != "fp32"]
+    within = [v for v in quantized if v.val_drop_pts <= max_drop]
+    if within:
+        best = min(
+            within,
+            key=lambda v: (v.row.latency_ms_per_image or float("inf"), v.row.size_mb),
+        )
+        return best, (
+            f"{len(within)} int8 variant(s) within the {max_drop} pt val budget; "
+            f"{best.row.variant} is the fastest of them "
+            f"({best.row.latency_ms_per_image:.3f} ms/img, {best.row.size_mb:.2f} MiB)."
+        )
+    best = max(quantized, key=lambda v: v.val_acc)
+    return best, (
+        f"no int8 variant is within the {max_drop} pt val budget; {best.row.variant} is the "
+        f"most accurate on val (drop {best.val_drop_pts:.2f} pts)."
+    )
+
+
+def significant_modules(stats, quantizable: list[str]) -> list[str]:
+    """Quantizable modules owning at least one significant point, most outliers first."""
+    best: dict[str, float] = {}
+    for s in stats:
+        if s.significant and s.module in quantizable:
+            best[s.module] = max(best.get(s.module, 0.0), s.outlier_pct)
+    return sorted(best, key=lambda m: -best[m])
+
+
+def measure_variant(variant: str, module, artifacts: Path, examples: dict) -> dict:
+    """Save ``module`` under ``artifacts`` and time it: the size and latency fields of a row.
+
+    pt2e graphs are timed after inductor lowering (``simulated`` when lowering fails and the
+    eager quantize/dequantize emulation is timed instead); eager modules are timed as they are.
+    """
+    from vitquant.quant.artifacts import (
+        lowered_latency,
+        measure_latency,
+        save_pt2e,
+        save_state_dict,
+    )
+    from vitquant.quant.pt2e import QuantizedModel
+
+    graph = module.module if isinstance(module, QuantizedModel) else module
+    if isinstance(graph, torch.fx.GraphModule):
+        example = module.example if isinstance(module, QuantizedModel) else examples[32][:8]
+        path = save_pt2e(graph, example, artifacts / f"{variant}.pt2")
+        lat, simulated, _, _ = lowered_latency(graph, examples)
+        torch._dynamo.reset()
+    else:
+        path = save_state_dict(graph, artifacts / f"{variant}.pt")
+        lat, simulated = measure_latency(graph, examples), False
+    return {
+        "size_mb": file_size_mb(path), "artifact": str(path), "latency_ms_per_image": lat[1],
+        "latency_batch": 1, "latency_threads": torch.get_num_threads(), "simulated": simulated,
+        "batch32": lat[32],
+    }  # fmt: skip
+
+
+def _timed(run: PipelineRun, name: str, log: Callable[[str], None]):
+    class _Step:
+        def __enter__(self):
+            log(f"[pipeline] {name}")
+            self.t0 = time.perf_counter()
+            self.record = {"step": name}
+            return self.record
+
+        def __exit__(self, *exc):
+            self.record["seconds"] = round(time.perf_counter() - self.t0, 2)
+            run.steps.append(self.record)
+            return False
+
+    return _Step()
+
+
+def run_pipeline(
+    model,
+    spec,
+    bundle: DataBundle,
+    cfg: PipelineConfig,
+    *,
+    out: Path,
+    analyze: Callable[[Path], list],
+    qat_search: Callable[[], tuple[object, dict]] | None,
+    log: Callable[[str], None] = print,
+) -> PipelineRun:
+    """Run the flow on ``model``; see the module docstring.
+
+    Args:
+        model, spec, bundle: the float model, its ``ModelSpec`` and the data.
+        cfg: the pipeline recipe.
+        out: the run folder (artifacts and the analysis go below it).
+        analyze: ``analyze(out_dir) -> list[PointStats]`` - the activation analysis (it writes
+            its own plots and JSON).
+        qat_search: ``qat_search() -> (converted_module, details)`` - the QAT branch.
+    """
+    from vitquant.layers import quantizable_names
+    from vitquant.quant.auto import select_ignore, sensitivity_ranking
+    from vitquant.quant.configs import DynamicPTQ, StaticPTQ
+    from vitquant.quant.dynamic import quantize_dynamic
+    from vitquant.quant.pt2e import quantize_static
+
+    run = PipelineRun(config=cfg)
+    examples = {b: example_batch(bundle, spec, b) for b in (1, 32)}
+    n_layers = count_layers(model)
+    names = quantizable_names(model)
+    static_cfg = StaticPTQ(backend=cfg.backend, per_channel=cfg.per_channel, observer=cfg.observer)
+
+    def add(variant: str, backend: str, module, *, ignored=(), int8=None, extra=None) -> Variant:
+        val = accuracy(module, bundle, "val", spec)
+        test = accuracy(module, bundle, "test", spec, progress=f"test {variant}")
+        measured = measure_variant(variant, module, out / "artifacts", examples)
+        lat32 = measured.pop("batch32")
+        int8_layers = n_layers - len(ignored) if int8 is None else int8
+        row = ResultRow(
+            variant=variant, backend=backend, accuracy=test, n=len(bundle.test_idx),
+            int8_layers=int8_layers, float_layers=n_layers - int8_layers, ignored=list(ignored),
+            extra={"val_acc": val, "latency_ms_per_image_batch32": lat32, **(extra or {})},
+            **measured,
+        )  # fmt: skip
+        fp32_val = run.variants[0].val_acc if run.variants else val
+        v = Variant(row=row, val_acc=val, val_drop_pts=(fp32_val - val) * 100, module=module)
+        run.variants.append(v)
+        return v
+
+    with _timed(run, "fp32", log) as rec:
+        fp32 = add("fp32", "pytorch", model, int8=0)
+        rec.update(val_acc=fp32.val_acc, test_acc=fp32.row.accuracy)
+    detail = f"val {fp32.val_acc:.4f} | test {fp32.row.accuracy:.4f}"
+    run.flow.append({"label": "fp32", "status": "info", "detail": detail})
+
+    with _timed(run, "analysis", log) as rec:
+        stats = analyze(out / "analyze")
+        sig = significant_modules(stats, names)
+        n_sig_points = sum(s.significant for s in stats)
+        rec.update(points=len(stats), significant_points=n_sig_points, significant_modules=sig)
+    run.decide("analysis", f"{len(sig)} quantizable layer(s) own significant outlier points",
+               f"{n_sig_points} of {len(stats)} observed points have more than "
+               f"{cfg.threshold}% values beyond the IQR fences")  # fmt: skip
+    run.flow.append({"label": "outlier analysis", "status": "info",
+                     "detail": f"{n_sig_points}/{len(stats)} points > {cfg.threshold}% outliers "
+                               f"-> {len(sig)} layers"})  # fmt: skip
+
+    def ptq_node(v: Variant, label: str) -> None:
+        ok = v.val_drop_pts <= cfg.max_drop
+        test_drop = (fp32.row.accuracy - v.row.accuracy) * 100
+        detail = (f"val drop {v.val_drop_pts:.2f} pts | test {v.row.accuracy:.4f} "
+                  f"(drop {test_drop:.2f} pts) | {v.row.float_layers} float layers | "
+                  f"{v.row.size_mb:.2f} MiB | {v.row.latency_ms_per_image:.2f} ms/img")  # fmt: skip
+        run.flow.append({"label": label, "status": "ok" if ok else "miss", "detail": detail})
+
+    with _timed(run, "static", log) as rec:
+        qm = quantize_static(model, bundle, spec, static_cfg)
+        st = add("static", f"pt2e-{cfg.backend}", qm, int8=len(qm.int8_layers))
+        rec.update(val_drop_pts=st.val_drop_pts)
+    ptq_node(st, "static PTQ, all layers")
+
+    with _timed(run, "static-ignore", log) as rec:
+        if sig:
+            qm = quantize_static(model, bundle, spec, static_cfg, ignore=sig)
+            si = add("static-ignore", f"pt2e-{cfg.backend}", qm, ignored=qm.ignored,
+                     int8=len(qm.int8_layers))  # fmt: skip
+            rec.update(val_drop_pts=si.val_drop_pts, ignored=sig)
+            ptq_node(si, f"static PTQ, {len(sig)} outlier layers in float")
+            run.decide("static-ignore", f"kept {len(sig)} outlier layer(s) in float",
+                       f"val drop {st.val_drop_pts:.2f} -> {si.val_drop_pts:.2f} pts")  # fmt: skip
+        else:
+            run.decide("static-ignore", "skipped", "no layer has significant outliers")
+            run.flow.append({"label": "static PTQ ignoring outlier layers", "status": "skip",
+                             "detail": "skipped: no significant layer"})  # fmt: skip
+
+    with _timed(run, "static-auto", log) as rec:
+        ranking = sensitivity_ranking(model, bundle, spec, limit=cfg.sensitivity_limit)
+        auto = select_ignore(model, bundle, spec, static_cfg, max_drop=cfg.max_drop,
+                             ranking=ranking, log=log)  # fmt: skip
+        sa = add("static-auto", f"pt2e-{cfg.backend}", auto.model, ignored=auto.ignored,
+                 int8=len(auto.model.int8_layers), extra={"auto_steps": auto.steps})  # fmt: skip
+        rec.update(steps=auto.steps, ignored=auto.ignored, met=auto.met)
+    run.decide("static-auto", f"kept {len(auto.ignored)} most sensitive layer(s) in float",
+               f"fewest layers bringing the val drop within {cfg.max_drop} pts"
+               + ("" if auto.met else " - budget not met even so"))  # fmt: skip
+    ptq_node(sa, f"accuracy-aware ignore list ({len(auto.ignored)} layers)")
+
+    with _timed(run, "dynamic", log) as rec:
+        dq = quantize_dynamic(model, DynamicPTQ())
+        dy = add("dynamic", "pytorch-dynamic", dq.module, int8=len(dq.int8_layers))
+        rec.update(val_drop_pts=dy.val_drop_pts)
+    ptq_node(dy, "dynamic int8 (Linear)")
+
+    best_ptq = min(run.variants[1:], key=lambda v: v.val_drop_pts)
+    need_qat = best_ptq.val_drop_pts > cfg.max_drop or cfg.force_qat
+    reason = (f"best post-training val drop {best_ptq.val_drop_pts:.2f} pts "
+              f"({best_ptq.row.variant}) vs budget {cfg.max_drop} pts")  # fmt: skip
+    if need_qat and qat_search is not None:
+        run.decide("qat", "run QAT with an Optuna search", reason
+                   + (" (forced)" if cfg.force_qat and best_ptq.val_drop_pts <= cfg.max_drop
+                      else ""))  # fmt: skip
+        with _timed(run, "qat", log) as rec:
+            converted, details = qat_search()
+            qv = add("qat", f"pt2e-{cfg.backend}", converted, extra=details)
+            rec.update(
+                val_drop_pts=qv.val_drop_pts,
+                **{k: details[k] for k in details if k in ("best_params", "trials")},
+            )
+        ptq_node(qv, f"QAT + Optuna ({cfg.trials} trials)")
+    else:
+        run.decide("qat", "skipped", reason + ("" if not need_qat else "; QAT unavailable"))
+        run.flow.append({"label": "QAT + Optuna", "status": "skip",
+                         "detail": "skipped: post-training meets the budget"})  # fmt: skip
+
+    rows = finalize([v.row for v in run.variants])
+    for v, r in zip(run.variants, rows, strict=True):
+        v.row = r
+    run.final, run.final_reason = choose_final(run.variants, cfg.max_drop)
+    run.decide("final", f"chose {run.final.row.variant}", run.final_reason)
+    run.flow.append({"label": f"final: {run.final.row.variant}", "status": "final",
+                     "detail": f"test {run.final.row.accuracy:.4f} (drop "
+                               f"{run.final.row.drop_pts:.2f} pts) | "
+                               f"{run.final.row.size_mb:.2f} MiB"})  # fmt: skip
+    return run
