@@ -14,6 +14,7 @@ from vitquant.cli import (  # noqa: F401  (each module registers its commands)
     eval_cmd,
     models_cmd,
     pipeline_cmd,
+    qat_cmd,
     report_cmd,
     train_cmd,
 )

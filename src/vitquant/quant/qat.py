@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -423,7 +424,7 @@ def run_qat(
     cfg: QATConfig,
     *,
     ignore: Sequence[str] = (),
-    on_epoch: Callable[[int, dict], None] | None = None,
+    on_epoch: Callable[[int, dict, nn.Module], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> QATResult:
     """Fine-tune ``model`` with fake quantization and keep the best int8-validation epoch.
@@ -434,8 +435,8 @@ def run_qat(
         bundle: data; trains on ``fit``, initialises observers on ``calib``, selects on ``val``.
         cfg: the recipe.
         ignore: quantizable module names to keep in float.
-        on_epoch: called as ``on_epoch(epoch, record)`` after each trained epoch on rank 0
-            (Optuna reports and prunes here; an exception stops the run).
+        on_epoch: called as ``on_epoch(epoch, record, prepared)`` after each trained epoch on
+            rank 0 (Optuna reports and prunes here; an exception stops the run).
         log: where progress lines go (rank 0 only).
 
     Returns:
@@ -515,7 +516,7 @@ def run_qat(
             say(f"epoch {epoch}: the loss is not finite; stopping (lower --lr)")
             break
         if epoch > 0 and on_epoch is not None and ctx.is_main:
-            on_epoch(epoch, record)
+            on_epoch(epoch, record, prepared)
 
     prepared.load_state_dict(best_state)
     result.prepared = prepared.cpu()
@@ -546,3 +547,149 @@ def _train_epoch(net, prepared, bundle, fit_split, spec, cfg, epoch, ctx, opt, s
 
         dist.all_reduce(total)
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+# --------------------------------------------------------------------------- deploy and report
+
+
+def export_qdq_onnx(converted: nn.Module, example: torch.Tensor, path) -> Path:
+    """Export the converted int8 graph to ONNX (QuantizeLinear/DequantizeLinear, dynamic batch).
+
+    ONNX Runtime fuses the Q/DQ pairs around Conv/MatMul into integer kernels on x86.
+    """
+    import warnings
+
+    from vitquant.io import atomic_write
+    from vitquant.quant.onnx_backend import INPUT_NAME, OUTPUT_NAME
+
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=65536)},) if len(example) >= 2 else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            converted, (example,), None, dynamo=True, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, verbose=False,
+        )  # fmt: skip
+    return atomic_write(Path(path), lambda p: program.save(str(p), external_data=False))
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What ``deploy_and_report`` saves and measures.
+
+    Attributes:
+        onnx: also export the int8 model to ONNX and evaluate it with ONNX Runtime.
+        latency: time every row (pt2e after inductor lowering; can take a minute).
+        latency_batch: batch size of the timing.
+        stem: file name stem of the artifacts.
+    """
+
+    onnx: bool = True
+    latency: bool = True
+    latency_batch: int = 32
+    stem: str = "qat_int8"
+
+
+def deploy_and_report(
+    model: nn.Module,
+    spec,
+    bundle: DataBundle,
+    result: QATResult,
+    directory,
+    *,
+    ignored: Sequence[str] = (),
+    options: DeployOptions = DeployOptions(),
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Save the kept int8 model (``.pt2`` and ``.onnx``) and measure it on the test split.
+
+    Rows (``vitquant.results.ResultRow``): ``fp32``/pytorch, ``qat``/pt2e-x86 (the converted
+    graph; timed after inductor lowering) and ``qat``/onnxruntime (the ONNX export), finalized
+    against fp32.
+
+    Returns:
+        ``{"results": [row dicts], "artifacts": {...}, "test_acc": ..., "fp32_test_acc": ...,
+        "notes": [...]}``.
+    """
+    from vitquant.evaluate import count_layers, example_batch, file_size_mb, state_dict_size_mb
+    from vitquant.quant.artifacts import lowered_latency, measure_latency, save_pt2e
+    from vitquant.quant.pt2e import split_int8
+    from vitquant.results import ResultRow, finalize
+
+    directory = Path(directory)
+    converted = result.converted
+    notes: list[str] = []
+    threads = torch.get_num_threads()
+    example = next(bundle.batches("val", spec, batch_size=8))[0]
+    lat_x = {options.latency_batch: example_batch(bundle, spec, options.latency_batch)}
+
+    def timed(row: ResultRow, lat: dict[int, float] | None) -> ResultRow:
+        if lat:
+            row.latency_ms_per_image = lat[options.latency_batch]
+            row.latency_batch, row.latency_threads = options.latency_batch, threads
+        return row
+
+    n_test = len(bundle.test_idx)
+    fp32_acc = accuracy(model, bundle, "test", spec, progress="test fp32")
+    fp32 = ResultRow(
+        "fp32", "pytorch", fp32_acc, n_test, int8_layers=0,
+        float_layers=count_layers(model), size_mb=state_dict_size_mb(model),
+    )  # fmt: skip
+    timed(fp32, measure_latency(model.eval(), lat_x) if options.latency else None)
+
+    pt2 = save_pt2e(converted, example, directory / f"{options.stem}.pt2")
+    int8_layers, float_layers = split_int8(model, converted)
+    q_acc = accuracy(converted, bundle, "test", spec, progress="test int8")
+    qrow = ResultRow(
+        "qat", "pt2e-x86", q_acc, n_test, int8_layers=len(int8_layers),
+        float_layers=len(float_layers), size_mb=file_size_mb(pt2), ignored=list(ignored),
+        artifact=str(pt2), simulated=True,
+        extra={"best_epoch": result.best_epoch, "best_val_acc": result.best_val},
+    )  # fmt: skip
+    if options.latency:
+        lat, simulated, error, agree = lowered_latency(converted, lat_x)
+        timed(qrow, lat)
+        qrow.simulated = simulated
+        qrow.extra["lowered_agreement"] = agree
+        if error:
+            notes.append(f"inductor lowering failed, eager emulation timed: {error}")
+    rows = [fp32, qrow]
+    artifacts = {"pt2": str(pt2), "onnx": None}
+
+    if options.onnx:
+        from vitquant.quant.onnx_backend import OrtModel
+
+        try:
+            onnx_path = export_qdq_onnx(converted, example, directory / f"{options.stem}.onnx")
+        except Exception as exc:  # an op the exporter cannot translate
+            notes.append(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}")
+        else:
+            artifacts["onnx"] = str(onnx_path)
+            ort_model = OrtModel(onnx_path, threads=threads)
+            logits, labels = predict_fn(ort_model, bundle, spec)
+            ref_logits, _ = predict_fn(converted, bundle, spec)
+            agree = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
+            ort_acc = (logits.argmax(1) == labels).float().mean().item()
+            orow = ResultRow(
+                "qat", "onnxruntime", ort_acc, n_test, int8_layers=len(int8_layers),
+                float_layers=len(float_layers), size_mb=file_size_mb(onnx_path),
+                ignored=list(ignored), artifact=str(onnx_path),
+                extra={"pred_agreement_vs_pt2e": agree},
+            )  # fmt: skip
+            timed(orow, measure_latency(ort_model, lat_x) if options.latency else None)
+            rows.append(orow)
+    finalize(rows)
+    for row in rows:
+        log(f"{row.variant:5s} {row.backend:12s} test acc {row.accuracy:.4f} "
+            f"(drop {row.drop_pts:+.2f} pts), {row.size_mb:.2f} MiB")  # fmt: skip
+    return {
+        "results": [r.to_dict() for r in rows], "artifacts": artifacts, "test_acc": q_acc,
+        "fp32_test_acc": fp32_acc, "int8_layers": int8_layers, "float_layers": float_layers,
+        "notes": notes,
+    }  # fmt: skip
+
+
+def predict_fn(fn, bundle: DataBundle, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-split logits and labels of any callable model (ONNX Runtime sessions included)."""
+    from vitquant.evaluate import predict
+
+    return predict(fn, bundle, "test", spec)
