@@ -1,0 +1,268 @@
+"""`vitquant analyze` (activation outliers, weight change, plots) and `vitquant sensitivity`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vitquant.cli.app import app, console
+from vitquant.cli.common import (
+    CheckpointOpt,
+    DataOpt,
+    ModelArg,
+    NumClassesOpt,
+    OutOpt,
+    OverwriteOpt,
+    PretrainedOpt,
+    RandomOpt,
+    SeedOpt,
+    ThreadsOpt,
+    ValOpt,
+    model_and_data,
+    prepare_out,
+    save_result,
+)
+from vitquant.errors import VitquantError
+from vitquant.evaluate import set_threads
+from vitquant.io import write_text
+
+ThresholdOpt = Annotated[
+    float, typer.Option(help="A point is significant when its outlier % exceeds this.")
+]
+BatchOpt = Annotated[int, typer.Option(help="Images per forward pass.")]
+
+
+def csv_text(rows: list[dict]) -> str:
+    """CSV of flat dicts (nested values are written as their repr)."""
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0 <= threshold <= 100:
+        raise VitquantError(f"--threshold is a percentage in [0, 100] (got {threshold}).")
+
+
+@app.command("analyze")
+def analyze(
+    model: ModelArg,
+    data: DataOpt = "digits",
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_weights: RandomOpt = False,
+    num_classes: NumClassesOpt = None,
+    calib: Annotated[int, typer.Option(help="Images to analyse (the calibration subset).")] = 256,
+    val: ValOpt = None,
+    seed: SeedOpt = 0,
+    threshold: ThresholdOpt = 5.0,
+    batch_size: BatchOpt = 64,
+    sample_size: Annotated[
+        int, typer.Option(help="Random values and outliers kept per point for the boxplots.")
+    ] = 2000,
+    plots: Annotated[bool, typer.Option(help="Write the PNG figures.")] = True,
+    threads: ThreadsOpt = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Activation outliers per layer (exact streaming statistics over the calibration images),
+    weight statistics and change scores, summaries by block and layer type, plots -> analyze.json.
+    """
+    from vitquant.analysis.stats import collect_activation_stats
+    from vitquant.analysis.summary import activation_summary, weight_summary
+    from vitquant.analysis.weights import ranked_by_change, weight_stats
+
+    _check_threshold(threshold)
+    if calib <= 0:
+        raise VitquantError("--calib must be > 0: it is the number of images analysed.")
+    if batch_size <= 0 or sample_size < 0:
+        raise VitquantError("--batch-size must be > 0 and --sample-size >= 0.")
+    directory = prepare_out(out, "analyze", model, overwrite)
+    loaded, bundle = model_and_data(
+        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
+        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
+        limit=None, seed=seed,
+    )  # fmt: skip
+    set_threads(threads)
+    start = time.perf_counter()
+    stats = collect_activation_stats(
+        loaded.model, bundle, loaded.spec, threshold=threshold, batch_size=batch_size,
+        sample_size=sample_size, seed=seed,
+    )  # fmt: skip
+    weights = weight_stats(loaded.model, threshold=threshold)
+    seconds = time.perf_counter() - start
+
+    layers = [s.to_dict() for s in stats]
+    weight_rows = [w.to_dict() for w in weights]
+    summary = {"activations": activation_summary(stats), "weights": weight_summary(weights)}
+    top_outliers = sorted(stats, key=lambda s: -s.outlier_pct)[:10]
+    top_change = ranked_by_change(weights)[:5]
+    figures = {}
+    if plots:
+        figures = _analysis_plots(directory, stats, weights, loaded, threshold, model)
+    files = {
+        "layers_csv": "analyze_layers.csv", "weights_csv": "analyze_weights.csv",
+        "blocks_csv": "analyze_blocks.csv", "kinds_csv": "analyze_kinds.csv",
+    }  # fmt: skip
+    write_text(directory / files["layers_csv"], csv_text(layers))
+    write_text(
+        directory / files["weights_csv"],
+        csv_text([{**w, "shape": "x".join(map(str, w["shape"]))} for w in weight_rows]),
+    )
+    write_text(directory / files["blocks_csv"], csv_text(summary["activations"]["by_block"]))
+    write_text(directory / files["kinds_csv"], csv_text(summary["activations"]["by_kind"]))
+    payload = {
+        "model": model, "checkpoint": loaded.checkpoint, "family": loaded.spec.family,
+        **bundle.describe(), "role": "calib", "n_images": min(calib, len(bundle.calib_idx)),
+        "threshold_pct": threshold, "seconds": seconds,
+        "layers": layers, "weights": weight_rows, "summary": summary,
+        "top_outliers": [s.point for s in top_outliers],
+        "top_change_scores": [w.name for w in top_change],
+        "significant_modules": sorted({s.module for s in stats if s.significant}),
+        "figures": figures, "files": files,
+    }  # fmt: skip
+    path = save_result(directory, "analyze", payload)
+
+    for note in bundle.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    table = Table(title=f"Top-10 activation outlier points ({model}, {payload['n_images']} images)")
+    for col in ("point", "module", "kind", "outlier %", "Q1", "Q3", "min", "max", "ch. ratio"):
+        table.add_column(col, justify="right" if col not in ("point", "module", "kind") else "left")
+    for s in top_outliers:
+        style = "bold red" if s.significant else None
+        table.add_row(
+            s.point, s.module, s.kind, f"{s.outlier_pct:.2f}", _fmt(s.q1), _fmt(s.q3),
+            _fmt(s.min), _fmt(s.max), f"{s.channel_absmax_ratio:.1f}", style=style,
+        )  # fmt: skip
+    console.print(table)
+    table = Table(title="Top-5 weight change scores (study's C, int8 per-tensor)")
+    for col in ("rank", "layer", "kind", "change score", "SQNR dB", "SQNR dB (per-ch.)", "rel MSE"):
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for w in top_change:
+        table.add_row(
+            str(w.change_rank), w.name, w.kind, f"{w.change_score:.4g}", f"{w.sqnr_db:.2f}",
+            f"{w.sqnr_db_per_channel:.2f}", f"{w.rel_mse:.2e}",
+        )  # fmt: skip
+    console.print(table)
+    sig = sum(s.significant for s in stats)
+    console.print(
+        f"{len(stats)} points, {sig} significant (> {threshold:g}% outliers); "
+        f"{len(weights)} weight tensors; {seconds:.1f} s"
+    )
+    console.print(f"wrote {path}" + (f" and {len(figures)} figures" if figures else ""))
+
+
+def _analysis_plots(directory: Path, stats, weights, loaded, threshold, model) -> dict[str, str]:
+    from vitquant.analysis.weights import weight_histograms
+    from vitquant.plots import analysis as plots
+
+    figures = {
+        "activation_boxplots": "activation_boxplots.png",
+        "weight_histograms": "weight_histograms.png",
+        "outlier_pct": "outlier_pct.png",
+        "change_score": "change_score.png",
+        "sqnr": "sqnr.png",
+    }
+    plots.plot_activation_boxplots(stats, directory / figures["activation_boxplots"], title=model)
+    plots.plot_weight_histograms(
+        weight_histograms(loaded.model), directory / figures["weight_histograms"],
+        kinds={w.name: w.kind for w in weights}, title=model,
+    )  # fmt: skip
+    plots.plot_outlier_bars(stats, directory / figures["outlier_pct"], threshold=threshold)
+    plots.plot_change_score_bars(weights, directory / figures["change_score"])
+    plots.plot_sqnr_bars(weights, directory / figures["sqnr"])
+    return figures
+
+
+@app.command("sensitivity")
+def sensitivity(
+    model: ModelArg,
+    data: DataOpt = "digits",
+    checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_weights: RandomOpt = False,
+    num_classes: NumClassesOpt = None,
+    val: ValOpt = None,
+    calib: Annotated[int, typer.Option(help="Calibration images for the activation ranges.")] = 256,
+    seed: SeedOpt = 0,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated layers to test [default: every Linear/Conv]."),
+    ] = None,
+    batch_size: BatchOpt = 128,
+    plots: Annotated[bool, typer.Option(help="Write sensitivity.png.")] = True,
+    threads: ThreadsOpt = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Per-layer W8A8 sensitivity on the validation images: only this layer int8, and every
+    layer but this one int8; ranked (about 2 x layers evaluations) -> sensitivity.json."""
+    from vitquant.analysis.sensitivity import __doc__ as method
+    from vitquant.analysis.sensitivity import per_layer_sensitivity
+    from vitquant.analysis.summary import sensitivity_summary
+
+    if calib <= 0:
+        raise VitquantError("--calib must be > 0: activation ranges are calibrated on it.")
+    directory = prepare_out(out, "sensitivity", model, overwrite)
+    loaded, bundle = model_and_data(
+        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
+        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
+        limit=None, seed=seed,
+    )  # fmt: skip
+    set_threads(threads)
+    chosen = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
+    start = time.perf_counter()
+    rows = per_layer_sensitivity(
+        loaded.model, bundle, loaded.spec, role="val", layers=chosen, batch_size=batch_size
+    )
+    seconds = time.perf_counter() - start
+    figures = {}
+    if plots and rows:
+        from vitquant.plots.analysis import plot_sensitivity_bars
+
+        figures["sensitivity"] = "sensitivity.png"
+        plot_sensitivity_bars(rows, directory / figures["sensitivity"])
+    write_text(directory / "sensitivity.csv", csv_text([r.to_dict() for r in rows]))
+    payload = {
+        "model": model, "checkpoint": loaded.checkpoint, **bundle.describe(), "role": "val",
+        "method": " ".join(method.split()), "ranked_by": "only_kl (descending)",
+        "float_acc": rows[0].float_acc if rows else None,
+        "all_acc": rows[0].all_acc if rows else None,
+        "all_kl": rows[0].all_kl if rows else None, "seconds": seconds,
+        "layers": [r.to_dict() for r in rows], "summary": sensitivity_summary(rows),
+        "figures": figures, "files": {"csv": "sensitivity.csv"},
+    }  # fmt: skip
+    path = save_result(directory, "sensitivity", payload)
+    table = Table(
+        title=f"Most sensitive layers ({model}, {len(bundle.val_idx)} val images, W8A8 simulated)"
+    )
+    for col in ("rank", "layer", "kind", "only: acc", "only: KL", "only: agree",
+                "all but: acc", "all but: KL"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for r in rows[:10]:
+        table.add_row(
+            str(r.rank), r.name, r.kind, f"{r.only_acc:.4f}", f"{r.only_kl:.2e}",
+            f"{r.only_agreement:.4f}", f"{r.all_but_acc:.4f}", f"{r.all_but_kl:.2e}",
+        )  # fmt: skip
+    console.print(table)
+    if rows:
+        console.print(
+            f"float acc {rows[0].float_acc:.4f}, all layers int8 {rows[0].all_acc:.4f} "
+            f"(KL {rows[0].all_kl:.2e}); {seconds:.1f} s"
+        )
+    console.print(f"wrote {path}")
