@@ -247,6 +247,21 @@ def weight_dtypes(gm: torch.fx.GraphModule) -> dict[str, torch.dtype]:
     return out
 
 
+def drop_unused_attributes(gm: torch.fx.GraphModule) -> list[str]:
+    """Delete parameters/buffers no ``get_attr`` node reads (the float weights that conversion
+    replaced by int8 constants), so a saved artifact holds only what the graph uses."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    dropped = []
+    for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
+        if name in used:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = gm.get_submodule(owner_name) if owner_name else gm
+        delattr(owner, leaf)
+        dropped.append(name)
+    return dropped
+
+
 def _get_attr(gm: nn.Module, target: str):
     obj = gm
     for part in target.split("."):
@@ -315,6 +330,7 @@ def quantize_static(
         prepared(x)
     converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)  # so evaluate.accuracy may call .eval()
+    drop_unused_attributes(converted)
     int8, floats = split_int8(model, converted)
     return QuantizedModel(
         module=converted, int8_layers=int8, float_layers=floats, ignored=list(scope.modules),
@@ -333,4 +349,6 @@ def lower(qm: QuantizedModel | torch.fx.GraphModule, *, freezing: bool = True):
 
     gm = qm.module if isinstance(qm, QuantizedModel) else qm
     inductor_config.freezing = freezing
-    return torch.compile(gm, backend="inductor")
+    # dynamic=False: one static graph per batch size (inductor's dynamic-shape int8 conv
+    # kernels failed a stride check here on the second shape).
+    return torch.compile(gm, backend="inductor", dynamic=False)
