@@ -41,6 +41,8 @@ class PipelineConfig:
         qat_train_limit: training images per QAT epoch (None: all fit images).
         force_qat: run the QAT branch even when post-training meets the budget.
         sensitivity_limit: val images for the per-layer sensitivity ranking (None: all val).
+        lower: time pt2e variants after inductor lowering (else the eager emulation is timed
+            and the rows say ``simulated``).
     """
 
     max_drop: float = 1.0
@@ -54,6 +56,7 @@ class PipelineConfig:
     qat_train_limit: int | None = None
     force_qat: bool = False
     sensitivity_limit: int | None = None
+    lower: bool = True
 
 
 @dataclass
@@ -120,7 +123,9 @@ def significant_modules(stats, quantizable: list[str]) -> list[str]:
     return sorted(best, key=lambda m: -best[m])
 
 
-def measure_variant(variant: str, module, artifacts: Path, examples: dict) -> dict:
+def measure_variant(
+    variant: str, module, artifacts: Path, examples: dict, *, lower: bool = True
+) -> dict:
     """Save ``module`` under ``artifacts`` and time it: the size and latency fields of a row.
 
     pt2e graphs are timed after inductor lowering (``simulated`` when lowering fails and the
@@ -138,8 +143,11 @@ def measure_variant(variant: str, module, artifacts: Path, examples: dict) -> di
     if isinstance(graph, torch.fx.GraphModule):
         example = module.example if isinstance(module, QuantizedModel) else examples[32][:8]
         path = save_pt2e(graph, example, artifacts / f"{variant}.pt2")
-        lat, simulated, _, _ = lowered_latency(graph, examples)
-        torch._dynamo.reset()
+        if lower:
+            lat, simulated, _, _ = lowered_latency(graph, examples)
+            torch._dynamo.reset()
+        else:
+            lat, simulated = measure_latency(graph, examples), True
     else:
         path = save_state_dict(graph, artifacts / f"{variant}.pt")
         lat, simulated = measure_latency(graph, examples), False
@@ -191,7 +199,7 @@ def run_pipeline(
     from vitquant.quant.auto import select_ignore, sensitivity_ranking
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
     from vitquant.quant.dynamic import quantize_dynamic
-    from vitquant.quant.pt2e import quantize_static
+    from vitquant.quant.pt2e import quantize_static, split_int8
 
     run = PipelineRun(config=cfg)
     examples = {b: example_batch(bundle, spec, b) for b in (1, 32)}
@@ -202,7 +210,7 @@ def run_pipeline(
     def add(variant: str, backend: str, module, *, ignored=(), int8=None, extra=None) -> Variant:
         val = accuracy(module, bundle, "val", spec)
         test = accuracy(module, bundle, "test", spec, progress=f"test {variant}")
-        measured = measure_variant(variant, module, out / "artifacts", examples)
+        measured = measure_variant(variant, module, out / "artifacts", examples, lower=cfg.lower)
         lat32 = measured.pop("batch32")
         int8_layers = n_layers - len(ignored) if int8 is None else int8
         row = ResultRow(
@@ -290,7 +298,9 @@ def run_pipeline(
                       else ""))  # fmt: skip
         with _timed(run, "qat", log) as rec:
             converted, details = qat_search()
-            qv = add("qat", f"pt2e-{cfg.backend}", converted, extra=details)
+            int8_names, _ = split_int8(model, converted)
+            qv = add("qat", f"pt2e-{cfg.backend}", converted, int8=len(int8_names),
+                     extra=details)  # fmt: skip
             rec.update(
                 val_drop_pts=qv.val_drop_pts,
                 **{k: details[k] for k in details if k in ("best_params", "trials")},

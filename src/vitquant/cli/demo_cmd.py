@@ -1,44 +1,47 @@
-"""`vitquant demo`: the embedded default run (digits), what `make demo` calls."""
+"""`vitquant demo`: the embedded default run on digits, what `make demo` calls.
+
+Trains the digits models if they are not cached, then runs the pipeline on ``digits_vit``,
+compares it with ``digits_cnn`` and writes the HTML report. Each step runs as its own
+``vitquant`` command so the report shows the exact command behind every figure.
+"""
 
 from __future__ import annotations
 
-from rich.table import Table
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import OutOpt, OverwriteOpt, prepare_out, save_result
-from vitquant.data import load_data
-from vitquant.evaluate import accuracy, count_layers, state_dict_size_mb
+from vitquant.cli.common import OutOpt
+from vitquant.errors import VitquantError
 from vitquant.prepare import ensure_trained
-from vitquant.registry import load_model
-from vitquant.results import ResultRow
 
 DEMO_MODELS = ("digits_vit", "digits_cnn")
 
 
+def _steps(out: Path) -> list[list[str]]:
+    return [
+        ["pipeline", "digits_vit", "--data", "digits", "--max-drop", "0.5", "--trials", "2",
+         "--qat-epochs", "2", "--out", str(out / "pipeline"), "--overwrite"],
+        ["compare", "digits_vit", "digits_cnn", "--data", "digits", "--out",
+         str(out / "compare"), "--overwrite"],
+        ["report", str(out)],
+    ]  # fmt: skip
+
+
 @app.command()
-def demo(out: OutOpt = None, overwrite: OverwriteOpt = True) -> None:
-    """Train the digits models if not cached, then evaluate them -> DIR/demo.json."""
-    directory = prepare_out(out, "demo", "digits", overwrite)
-    bundle = load_data("digits")
-    rows = []
+def demo(out: OutOpt = None) -> None:
+    """Digits end to end: train (if needed) -> pipeline -> compare -> report.html."""
+    out = out or Path("runs") / "demo"
+    start = time.perf_counter()
     for name in DEMO_MODELS:
         ensure_trained(name, log=console.print)
-        loaded = load_model(name)
-        acc = accuracy(loaded.model, bundle, "test", loaded.spec)
-        rows.append(ResultRow(
-            variant="fp32", backend="pytorch", accuracy=acc, n=len(bundle.test_idx),
-            float_layers=count_layers(loaded.model), size_mb=state_dict_size_mb(loaded.model),
-            extra={"model": name, "checkpoint": loaded.checkpoint},
-        ))  # fmt: skip
-    table = Table(title="demo: digits models (fp32, test split)")
-    for col in ("model", "accuracy", "size MiB", "layers"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r.extra["model"], f"{r.accuracy:.4f}", f"{r.size_mb:.3f}", str(r.float_layers)
-        )
-    console.print(table)
-    path = save_result(
-        directory, "demo", {**bundle.describe(), "results": [r.to_dict() for r in rows]}
-    )
-    console.print(f"wrote {path}")
+    for step in _steps(out):
+        console.rule(f"vitquant {' '.join(step[:2])}")
+        proc = subprocess.run([sys.executable, "-m", "vitquant", *step])
+        if proc.returncode != 0:
+            raise VitquantError(f"demo step `vitquant {' '.join(step)}` failed "
+                                f"(exit {proc.returncode}); see the messages above.")  # fmt: skip
+    minutes = (time.perf_counter() - start) / 60
+    console.print(f"demo finished in {minutes:.1f} min; report: [bold]{out / 'report.html'}[/]")

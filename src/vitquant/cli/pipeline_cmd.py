@@ -54,6 +54,13 @@ def pipeline(
     sensitivity_limit: Annotated[
         int | None, typer.Option(help="Val images for the sensitivity ranking [default: all].")
     ] = None,
+    lower: Annotated[
+        bool,
+        typer.Option(
+            help="Time pt2e variants after inductor lowering (real int8 kernels); "
+            "--no-lower times the eager emulation, marked simulated."
+        ),
+    ] = True,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
@@ -75,7 +82,7 @@ def pipeline(
         max_drop=max_drop, threshold=threshold, stats_images=stats_images,
         per_channel=per_channel, observer=observer, trials=trials, qat_epochs=qat_epochs,
         qat_train_limit=qat_train_limit, force_qat=force_qat,
-        sensitivity_limit=sensitivity_limit,
+        sensitivity_limit=sensitivity_limit, lower=lower,
     )  # fmt: skip
     from vitquant.pipeline_steps import analysis_step, qat_step
 
