@@ -15,6 +15,7 @@ from vitquant.cli import (  # noqa: F401  (each module registers its commands)
     models_cmd,
     pipeline_cmd,
     qat_cmd,
+    quantize_cmd,
     report_cmd,
     train_cmd,
 )
