@@ -225,12 +225,13 @@ def _plots(directory: Path, result, model: str) -> list[Path]:
 def _print(rows: list[dict], title: str, result=None) -> None:
     from vitquant.quant.table import to_rich
 
-    console.print(to_rich(rows, title=title))
+    from rich.console import Console
+
+    # Wide enough for every column when stdout is not a terminal (rich defaults to 80).
+    out = console if console.is_terminal else Console(width=max(console.width, 150))
+    out.print(to_rich(rows, title=title))
     if result is None:
         return
-    if result.scope.notes:
-        for note in result.scope.notes:
-            console.print(f"[cyan]ignore:[/] {note}")
     if result.auto:
         a = result.auto
         status = "within" if a.met else "[red]missed[/]"

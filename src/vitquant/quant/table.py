@@ -76,13 +76,15 @@ def to_markdown(rows: list[dict], *, title: str | None = None, notes: list[str] 
 
 
 def to_rich(rows: list[dict], *, title: str | None = None):
-    """A ``rich.table.Table`` of the rows."""
+    """A ``rich.table.Table`` of the rows (``ignored`` as a count; the files list the names)."""
     from rich.table import Table
 
     headers, body = cells(rows)
     table = Table(title=title, show_lines=False)
     for h in headers:
-        table.add_column(h, justify="left" if h in ("variant", "backend", "ignored") else "right")
-    for row in body:
+        table.add_column(h, justify="left" if h in ("variant", "backend") else "right",
+                         no_wrap=True)  # fmt: skip
+    for row, raw in zip(body, rows, strict=True):
+        row[-1] = str(len(raw.get("ignored") or [])) if raw.get("ignored") else "-"
         table.add_row(*row)
     return table
