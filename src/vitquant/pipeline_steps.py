@@ -7,6 +7,7 @@ steps can be swapped in tests.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from vitquant.data import DataBundle
@@ -14,33 +15,85 @@ from vitquant.io import write_json
 
 
 def analysis_step(model, spec, bundle: DataBundle, cfg, *, log: Callable[[str], None]):
-    """``analyze(out_dir) -> stats``: activation statistics (calib role) written as analyze.json."""
+    """``analyze(out_dir) -> stats``: outliers (calib role) and weight change scores, with the
+    analyze command's plots and an ``analyze.json`` of the same shape in ``out_dir``."""
 
     def analyze(out_dir: Path):
         from vitquant.analysis.stats import collect_activation_stats
+        from vitquant.analysis.summary import activation_summary, weight_summary
+        from vitquant.analysis.weights import ranked_by_change, weight_stats
+        from vitquant.cli.analyze_cmd import analysis_plots
+        from vitquant.registry import LoadedModel
 
         stats = collect_activation_stats(
             model, bundle, spec, role="calib", limit=cfg.stats_images, threshold=cfg.threshold,
             progress=False,
         )  # fmt: skip
+        weights = weight_stats(model, threshold=cfg.threshold)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "analyze.json", {"layers": [s.to_dict() for s in stats]})
+        figures = analysis_plots(out_dir, stats, weights, LoadedModel(model, spec, ""),
+                                 cfg.threshold, spec.name)  # fmt: skip
+        write_json(out_dir / "analyze.json", {
+            "model": spec.name, "role": "calib", "n_images": min(cfg.stats_images,
+                                                                 len(bundle.calib_idx)),
+            "threshold_pct": cfg.threshold, "layers": [s.to_dict() for s in stats],
+            "weights": [w.to_dict() for w in weights],
+            "summary": {"activations": activation_summary(stats),
+                        "weights": weight_summary(weights)},
+            "top_change_scores": [w.name for w in ranked_by_change(weights)[:5]],
+            "figures": figures,
+        })  # fmt: skip
         return stats
 
     return analyze
 
 
 def qat_step(name: str, loaded, bundle: DataBundle, cfg, out: Path, *, log):
-    """``qat() -> (converted, details)``: QAT fine-tuning of ``loaded.model`` (val-selected)."""
+    """``qat() -> (converted, details)``: an Optuna search over QAT lr, momentum and weight
+    decay (objective: int8 val accuracy), then the best trial's parameters retrained and kept.
+
+    The study lives in ``out/qat/search.db`` (SQLite), so re-running the pipeline resumes it.
+    """
 
     def qat():
+        from vitquant.plots.qat import plot_study
         from vitquant.quant.qat import QATConfig, run_qat
+        from vitquant.quant.search import SearchConfig, open_study, run_search, sqlite_url
+        from vitquant.quant.search import summarize as summarize_study
 
-        qcfg = QATConfig(epochs=cfg.qat_epochs, train_limit=cfg.qat_train_limit,
+        directory = out / "qat"
+        directory.mkdir(parents=True, exist_ok=True)
+        base = QATConfig(epochs=cfg.qat_epochs, train_limit=cfg.qat_train_limit,
                          backend=cfg.backend, per_channel=cfg.per_channel)  # fmt: skip
-        result = run_qat(loaded.model, loaded.spec, bundle, qcfg, log=log)
-        details = {"best_epoch": result.best_epoch, "best_val": result.best_val,
-                   "history": result.history, "config": qcfg.to_dict()}  # fmt: skip
+        scfg = SearchConfig(trials=cfg.trials, study=f"pipeline-{name.replace(':', '_')}",
+                            storage=sqlite_url(directory / "search.db"))  # fmt: skip
+        identity = {"model": name, "data": bundle.name, "n_val": len(bundle.val_idx),
+                    "base": base.to_dict()}  # fmt: skip
+        study = open_study(scfg, identity)
+        kept: dict[tuple, object] = {}  # params -> QATResult of the trials this process ran
+
+        def train_fn(params, report):
+            result = run_qat(
+                loaded.model, loaded.spec, bundle, replace(base, **params),
+                on_epoch=lambda epoch, record, *_: report(epoch, record["int8_val_acc"]),
+                log=lambda s: None,
+            )  # fmt: skip
+            kept[tuple(sorted(params.items()))] = result
+            return result.best_val, {"best_epoch": result.best_epoch}
+
+        run_search(study, scfg, train_fn, log=log)
+        summary = summarize_study(study)
+        plot_study(study, directory)
+        write_json(directory / "search.json", summary)
+        best = summary["best"]["params"]
+        result = kept.get(tuple(sorted(best.items())))
+        if result is None:  # the best trial ran in an earlier, interrupted run: retrain it
+            log(f"QAT: retraining the best trial's parameters {best}")
+            result = run_qat(loaded.model, loaded.spec, bundle, replace(base, **best), log=log)
+        best_cfg = replace(base, **best).to_dict()
+        details = {"best_params": best, "trials": summary["counts"], "config": best_cfg,
+                   "best_epoch": result.best_epoch, "best_val": result.best_val,
+                   "history": result.history}  # fmt: skip
         return result.converted, details
 
     return qat

@@ -51,7 +51,7 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.4g}"
+    return f"{v:.3g}"
 
 
 def _check_threshold(threshold: float) -> None:
@@ -114,7 +114,7 @@ def analyze(
     top_change = ranked_by_change(weights)[:5]
     figures = {}
     if plots:
-        figures = _analysis_plots(directory, stats, weights, loaded, threshold, model)
+        figures = analysis_plots(directory, stats, weights, loaded, threshold, model)
     files = {
         "layers_csv": "analyze_layers.csv", "weights_csv": "analyze_weights.csv",
         "blocks_csv": "analyze_blocks.csv", "kinds_csv": "analyze_kinds.csv",
@@ -141,21 +141,25 @@ def analyze(
     for note in bundle.notes:
         console.print(f"[yellow]note:[/] {note}")
     table = Table(title=f"Top-10 activation outlier points ({model}, {payload['n_images']} images)")
-    for col in ("point", "module", "kind", "outlier %", "Q1", "Q3", "min", "max", "ch. ratio"):
-        table.add_column(col, justify="right" if col not in ("point", "module", "kind") else "left")
+    table.add_column("point", no_wrap=True)
+    table.add_column("module", no_wrap=True)
+    for col in ("kind", "outlier %", "min", "max", "ch. ratio"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
     for s in top_outliers:
-        style = "bold red" if s.significant else None
         table.add_row(
-            s.point, s.module, s.kind, f"{s.outlier_pct:.2f}", _fmt(s.q1), _fmt(s.q3),
-            _fmt(s.min), _fmt(s.max), f"{s.channel_absmax_ratio:.1f}", style=style,
+            s.point, s.module if s.module != s.point else "=", s.kind, f"{s.outlier_pct:.2f}",
+            _fmt(s.min), _fmt(s.max), f"{s.channel_absmax_ratio:.1f}",
+            style="bold red" if s.significant else None,
         )  # fmt: skip
     console.print(table)
     table = Table(title="Top-5 weight change scores (study's C, int8 per-tensor)")
-    for col in ("rank", "layer", "kind", "change score", "SQNR dB", "SQNR dB (per-ch.)", "rel MSE"):
-        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    table.add_column("rank", justify="right")
+    table.add_column("layer", no_wrap=True)
+    for col in ("change score", "SQNR dB", "per-ch. dB", "rel MSE"):
+        table.add_column(col, justify="right")
     for w in top_change:
         table.add_row(
-            str(w.change_rank), w.name, w.kind, f"{w.change_score:.4g}", f"{w.sqnr_db:.2f}",
+            str(w.change_rank), w.name, f"{w.change_score:.4g}", f"{w.sqnr_db:.2f}",
             f"{w.sqnr_db_per_channel:.2f}", f"{w.rel_mse:.2e}",
         )  # fmt: skip
     console.print(table)
@@ -167,7 +171,7 @@ def analyze(
     console.print(f"wrote {path}" + (f" and {len(figures)} figures" if figures else ""))
 
 
-def _analysis_plots(directory: Path, stats, weights, loaded, threshold, model) -> dict[str, str]:
+def analysis_plots(directory: Path, stats, weights, loaded, threshold, model) -> dict[str, str]:
     from vitquant.analysis.weights import weight_histograms
     from vitquant.plots import analysis as plots
 
@@ -251,12 +255,13 @@ def sensitivity(
     table = Table(
         title=f"Most sensitive layers ({model}, {len(bundle.val_idx)} val images, W8A8 simulated)"
     )
-    for col in ("rank", "layer", "kind", "only: acc", "only: KL", "only: agree",
-                "all but: acc", "all but: KL"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    table.add_column("rank", justify="right")
+    table.add_column("layer", no_wrap=True)
+    for col in ("only: acc", "only: KL", "agree", "all but: acc", "all but: KL"):
+        table.add_column(col, justify="right")
     for r in rows[:10]:
         table.add_row(
-            str(r.rank), r.name, r.kind, f"{r.only_acc:.4f}", f"{r.only_kl:.2e}",
+            str(r.rank), r.name, f"{r.only_acc:.4f}", f"{r.only_kl:.2e}",
             f"{r.only_agreement:.4f}", f"{r.all_but_acc:.4f}", f"{r.all_but_kl:.2e}",
         )  # fmt: skip
     console.print(table)
