@@ -239,7 +239,6 @@ class PointAccumulator:
             raise VitquantError("a point saw no values; is the calibration set empty?")
         cum = torch.cumsum(self.hist_hi, 0)
         self.rank_bucket: dict[int, int] = {}
-        self.wanted = torch.zeros(_BUCKETS, dtype=torch.bool)
         for r in self._needed_ranks():
             bucket = int(torch.searchsorted(cum, torch.tensor(r), right=True))
             self.rank_bucket[r] = bucket
@@ -247,14 +246,25 @@ class PointAccumulator:
             # Values below the bucket (pass 1 and 2 see the same outputs: the model is
             # deterministic on a fixed input).
             self.below[bucket] = int(cum[bucket - 1]) if bucket else 0
-            self.wanted[bucket] = True
+        # A float pre-filter (a superset of the wanted buckets' values): one bucketize per batch
+        # instead of computing every value's key; the exact bucket is re-derived on the subset.
+        spans: list[list[float]] = []
+        for bucket in sorted(self.low_hists):
+            lo = float(np.nextafter(np.float32(key_to_float(bucket, 0)), np.float32(-np.inf)))
+            hi = key_to_float(bucket, 0xFFFF)
+            lo, hi = (-np.inf if np.isnan(lo) else lo), (np.inf if np.isnan(hi) else hi)
+            if spans and lo <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], hi)
+            else:
+                spans.append([lo, hi])
+        self.edges = torch.tensor([v for span in spans for v in span], dtype=torch.float32)
 
     def update2(self, x: torch.Tensor) -> None:
         """Low-16-bit histograms of the buckets holding a quartile's order statistics."""
-        keys = sortable_keys(x.detach()).reshape(-1)
+        x = x.detach().float().reshape(-1)
+        inside = (torch.bucketize(x, self.edges) & 1).bool()  # odd index: in a (lo, hi] span
+        keys = sortable_keys(x[inside])
         buckets = _bucket(keys)
-        mask = self.wanted[buckets]
-        keys, buckets = keys[mask], buckets[mask]
         for bucket, hist in self.low_hists.items():
             hist += torch.bincount(keys[buckets == bucket] & 0xFFFF, minlength=_BUCKETS)
 
