@@ -2,68 +2,62 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from vitquant.data import load_data
-from vitquant.pipeline import PipelineConfig, Variant, choose_final, run_pipeline
-from vitquant.pipeline_steps import analysis_step, qat_step
+from vitquant.layers import quantizable_names
+from vitquant.pipeline import Variant, choose_final
 from vitquant.registry import load_model
 from vitquant.results import ResultRow
 
 
 @pytest.fixture(scope="module")
-def forced_qat_run(tmp_path_factory, digits_models):
-    loaded = load_model("digits_vit")
-    bundle = load_data("digits", val=150, calib=128)
-    cfg = PipelineConfig(max_drop=0.0, trials=2, qat_epochs=1, qat_train_limit=256,
-                         force_qat=True, stats_images=128, lower=False)  # fmt: skip
-    out = tmp_path_factory.mktemp("pipeline")
-    run = run_pipeline(
-        loaded.model, loaded.spec, bundle, cfg, out=out,
-        analyze=analysis_step(loaded.model, loaded.spec, bundle, cfg, log=print),
-        qat_search=qat_step("digits_vit", loaded, bundle, cfg, out, log=print), log=print,
-    )  # fmt: skip
-    return run, bundle, out
+def result(forced_qat_pipeline):
+    return json.loads((forced_qat_pipeline / "pipeline" / "pipeline.json").read_text())
 
 
-def test_the_qat_branch_runs_and_is_recorded(forced_qat_run):
-    run, _, _ = forced_qat_run
-    variants = [v.row.variant for v in run.variants]
-    assert variants[0] == "fp32" and "qat" in variants
-    qat = next(d for d in run.decisions if d["step"] == "qat")
+def test_the_qat_branch_runs_and_is_recorded(result):
+    variants = [r["variant"] for r in result["results"]]
+    assert variants[0] == "fp32" and variants[-1] == "qat"
+    qat = next(d for d in result["decisions"] if d["step"] == "qat")
     assert qat["decision"].startswith("run QAT")
-    assert all(d["reason"] for d in run.decisions)
+    qat_row = result["results"][-1]
+    assert qat_row["extra"]["trials"]["COMPLETE"] == 2  # the Optuna study ran its trials
+    assert qat_row["int8_layers"] == len(quantizable_names(load_model("digits_vit").model))
+    assert all(d["reason"] for d in result["decisions"])
 
 
-def test_val_drops_are_measured_against_fp32_val(forced_qat_run):
-    run, _, _ = forced_qat_run
-    fp32 = run.variants[0]
-    for v in run.variants:
-        assert v.val_drop_pts == pytest.approx((fp32.val_acc - v.val_acc) * 100)
-        assert v.row.extra["val_acc"] == v.val_acc
+def test_val_drops_are_measured_against_fp32_val(result):
+    fp32 = result["results"][0]
+    for row in result["results"]:
+        val = result["val"][row["variant"]]
+        assert val["val_acc"] == row["extra"]["val_acc"]
+        expected = (fp32["extra"]["val_acc"] - val["val_acc"]) * 100
+        assert val["val_drop_pts"] == pytest.approx(expected)
         # reported drops are on test, against the fp32 test accuracy
-        assert v.row.drop_pts == pytest.approx((fp32.row.accuracy - v.row.accuracy) * 100, abs=1e-4)
+        assert row["drop_pts"] == pytest.approx(
+            (fp32["accuracy"] - row["accuracy"]) * 100, abs=1e-4
+        )
+    assert result["subsets"]["val"] == 150 and result["subsets"]["test"] == 360
 
 
-def test_ignore_lists_hold_only_quantizable_modules(forced_qat_run):
-    from vitquant.layers import quantizable_names
-
-    run, _, _ = forced_qat_run
+def test_ignore_lists_hold_only_quantizable_modules(result):
     names = set(quantizable_names(load_model("digits_vit").model))
-    for v in run.variants:
-        assert set(v.row.ignored) <= names
-        assert v.row.int8_layers + v.row.float_layers == len(names)
+    for row in result["results"]:
+        assert set(row["ignored"]) <= names
+        assert row["int8_layers"] + row["float_layers"] == len(names)
 
 
-def test_final_choice_follows_the_documented_rule(forced_qat_run):
-    run, _, _ = forced_qat_run
-    quantized = [v for v in run.variants if v.row.variant != "fp32"]
-    within = [v for v in quantized if v.val_drop_pts <= 0.0]
+def test_final_choice_follows_the_documented_rule(result):
+    rows = [r for r in result["results"] if r["variant"] != "fp32"]
+    drop = {r["variant"]: result["val"][r["variant"]]["val_drop_pts"] for r in rows}
+    within = [r for r in rows if drop[r["variant"]] <= 0.0]
     if within:
-        expected = min(within, key=lambda v: (v.row.latency_ms_per_image, v.row.size_mb))
+        expected = min(within, key=lambda r: (r["latency_ms_per_image"], r["size_mb"]))
     else:
-        expected = max(quantized, key=lambda v: v.val_acc)
-    assert run.final is expected
+        expected = min(rows, key=lambda r: drop[r["variant"]])
+    assert result["final"]["variant"] == expected["variant"]
 
 
 def _variant(name, val_drop, latency, size):

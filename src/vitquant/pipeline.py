@@ -274,13 +274,24 @@ def run_pipeline(
         ranking = sensitivity_ranking(model, bundle, spec, limit=cfg.sensitivity_limit)
         auto = select_ignore(model, bundle, spec, static_cfg, max_drop=cfg.max_drop,
                              ranking=ranking, log=log)  # fmt: skip
-        sa = add("static-auto", f"pt2e-{cfg.backend}", auto.model, ignored=auto.ignored,
-                 int8=len(auto.model.int8_layers), extra={"auto_steps": auto.steps})  # fmt: skip
         rec.update(steps=auto.steps, ignored=auto.ignored, met=auto.met)
-    run.decide("static-auto", f"kept {len(auto.ignored)} most sensitive layer(s) in float",
-               f"fewest layers bringing the val drop within {cfg.max_drop} pts"
-               + ("" if auto.met else " - budget not met even so"))  # fmt: skip
-    ptq_node(sa, f"accuracy-aware ignore list ({len(auto.ignored)} layers)")
+        if auto.ignored:
+            sa = add(
+                "static-auto", f"pt2e-{cfg.backend}", auto.model, ignored=auto.ignored,
+                int8=len(auto.model.int8_layers), extra={"auto_steps": auto.steps},
+            )  # fmt: skip
+            ptq_node(sa, f"accuracy-aware ignore list ({len(auto.ignored)} layers)")
+    if auto.ignored:
+        missed = "" if auto.met else " - budget not met even so"
+        run.decide("static-auto", f"kept {len(auto.ignored)} most sensitive layer(s) in float",
+                   f"fewest layers of the sensitivity ranking bringing the val drop within "
+                   f"{cfg.max_drop} pts{missed}")  # fmt: skip
+    else:
+        run.decide("static-auto", "no layer needs to stay in float",
+                   f"static PTQ of all layers is already within {cfg.max_drop} pts on val "
+                   "(the auto variant would equal 'static')")  # fmt: skip
+        run.flow.append({"label": "accuracy-aware ignore list", "status": "skip",
+                         "detail": "empty: all-int8 static PTQ already within budget"})  # fmt: skip
 
     with _timed(run, "dynamic", log) as rec:
         dq = quantize_dynamic(model, DynamicPTQ())

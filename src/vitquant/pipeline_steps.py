@@ -56,7 +56,7 @@ def qat_step(name: str, loaded, bundle: DataBundle, cfg, out: Path, *, log):
     """
 
     def qat():
-        from vitquant.plots.qat import plot_study
+        from vitquant.plots.qat import plot_qat_history, plot_study
         from vitquant.quant.qat import QATConfig, run_qat
         from vitquant.quant.search import SearchConfig, open_study, run_search, sqlite_url
         from vitquant.quant.search import summarize as summarize_study
@@ -90,6 +90,8 @@ def qat_step(name: str, loaded, bundle: DataBundle, cfg, out: Path, *, log):
         if result is None:  # the best trial ran in an earlier, interrupted run: retrain it
             log(f"QAT: retraining the best trial's parameters {best}")
             result = run_qat(loaded.model, loaded.spec, bundle, replace(base, **best), log=log)
+        plot_qat_history(result.history, directory / "qat_accuracy.png",
+                         best_epoch=result.best_epoch)  # fmt: skip
         best_cfg = replace(base, **best).to_dict()
         details = {"best_params": best, "trials": summary["counts"], "config": best_cfg,
                    "best_epoch": result.best_epoch, "best_val": result.best_val,
