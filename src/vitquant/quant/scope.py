@@ -118,7 +118,7 @@ class IgnoreScope:
                     continue
                 out.notes.append(f"mapped parameter {name} to module {target}")
             if target not in modules:
-                errors.append(_unknown(name, [*modules, *params]))
+                errors.append(_unknown(name, [*modules, *params], layers=quantizable))
                 continue
             hit = covered(target)
             if not hit:
@@ -136,7 +136,7 @@ class IgnoreScope:
                     errors.append(f"pattern {pattern!r} matches only modules without "
                                   f"Linear/Conv layers ({', '.join(matched[:5])})")  # fmt: skip
                 else:
-                    errors.append(_unknown(pattern, list(modules), probe=stem))
+                    errors.append(_unknown(pattern, list(modules), probe=stem, layers=quantizable))
                 continue
             out.matches[pattern] = hit
 
@@ -170,12 +170,18 @@ class IgnoreScope:
         return out
 
 
-def _unknown(entry: str, candidates: list[str], *, probe: str | None = None) -> str:
+def _unknown(
+    entry: str, candidates: list[str], *, probe: str | None = None, layers: list[str] = ()
+) -> str:
     close = difflib.get_close_matches(probe or entry, candidates, n=3, cutoff=0.5)
     if not close and probe:
         close = [c for c in candidates if probe and probe in c][:3]
-    hint = f" (closest: {', '.join(close)})" if close else ""
-    return f"{entry!r} matches no layer{hint}"
+    if close:
+        return f"{entry!r} matches no layer (closest: {', '.join(close)})"
+    if layers:
+        shown = layers if len(layers) <= 6 else [*layers[:4], "...", layers[-1]]
+        return f"{entry!r} matches no layer (the Linear/Conv layers are {', '.join(shown)})"
+    return f"{entry!r} matches no layer"
 
 
 def resolve_modules(model: nn.Module, ignore: IgnoreScope | Iterable[str] | None) -> ResolvedScope:
