@@ -36,8 +36,7 @@ def inspect_page(html: Path, screenshot: Path) -> dict:
     try:
         driver.get(Path(html).resolve().as_uri())
         driver.execute_script(
-            "return Promise.all(Array.from(document.images).map(i => i.decode()"
-            ".catch(() => null)))"
+            "return Promise.all(Array.from(document.images).map(i => i.decode().catch(() => null)))"
         )
         counts = driver.execute_script(
             "const imgs = Array.from(document.images);"
