@@ -30,7 +30,13 @@ def save_state_dict(model: nn.Module, path: str | Path) -> Path:
 
 
 def save_pt2e(gm: torch.fx.GraphModule, example: torch.Tensor, path: str | Path) -> Path:
-    """Re-export a converted pt2e graph (dynamic batch) and ``torch.export.save`` it."""
+    """Re-export a converted pt2e graph (dynamic batch) and ``torch.export.save`` it.
+
+    The archive keeps a sample input, so a 2-image copy is exported (not a view of a whole
+    calibration batch, whose storage would be saved); debug metadata (stack traces, node
+    provenance) is dropped, so the file size is weights + graph.
+    """
+    example = example[:2].clone()
     dynamic = ({0: DYNAMIC_BATCH},) if len(example) >= 2 else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -40,6 +46,9 @@ def save_pt2e(gm: torch.fx.GraphModule, example: torch.Tensor, path: str | Path)
             if dynamic is None:
                 raise
             program = torch.export.export(gm, (example,))
+    for node in program.graph.nodes:
+        for key in ("stack_trace", "from_node", "source_fn_stack", "torch_fn"):
+            node.meta.pop(key, None)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a handle: the temporary name does not end in .pt2
@@ -50,6 +59,8 @@ def save_pt2e(gm: torch.fx.GraphModule, example: torch.Tensor, path: str | Path)
 
 def load_pt2e(path: str | Path) -> torch.fx.GraphModule:
     """The graph module of a saved pt2e program (``.eval()`` allowed)."""
+    # Registers the quantized_decomposed ops the saved graph calls (before deserializing).
+    import torchao.quantization.pt2e._affine_quantization  # noqa: F401
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
     with warnings.catch_warnings():
