@@ -223,9 +223,9 @@ def _plots(directory: Path, result, model: str) -> list[Path]:
 
 
 def _print(rows: list[dict], title: str, result=None) -> None:
-    from vitquant.quant.table import to_rich
-
     from rich.console import Console
+
+    from vitquant.quant.table import to_rich
 
     # Wide enough for every column when stdout is not a terminal (rich defaults to 80).
     out = console if console.is_terminal else Console(width=max(console.width, 150))
