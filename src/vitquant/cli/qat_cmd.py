@@ -289,7 +289,7 @@ def search_cmd(
         cfg = replace(base, **params)
         result = run_qat(
             loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules,
-            on_epoch=lambda epoch, record, _m: report(epoch, record["int8_val_acc"]),
+            on_epoch=lambda epoch, rec, _m: epoch and report(epoch, rec["int8_val_acc"]),
             log=lambda s: None,
         )  # fmt: skip
         attrs = {"best_epoch": result.best_epoch, "history": result.history}

@@ -27,6 +27,7 @@ import copy
 import math
 import os
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +47,12 @@ BN_TARGETS = (
     torch.ops.aten.batch_norm.default,
     torch.ops.aten._native_batch_norm_legit.default,
     torch.ops.aten.cudnn_batch_norm.default,
-)
+)  # the ``training`` flag is argument 5
+DROPOUT_TARGETS = (
+    torch.ops.aten.dropout.default,
+    torch.ops.aten.feature_dropout.default,
+    torch.ops.aten.alpha_dropout.default,
+)  # the ``train`` flag is argument 2
 
 
 @dataclass(frozen=True)
@@ -228,7 +234,6 @@ def prepare_qat(
     model: nn.Module, example: torch.Tensor, cfg: QATConfig, ignore: Sequence[str] = ()
 ) -> torch.fx.GraphModule:
     """Export ``model`` and insert fake-quant modules (``prepare_qat_pt2e``), in train mode."""
-    from torchao.quantization.pt2e import move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     if example.shape[0] < 2:  # batch 1 would be specialised
@@ -242,8 +247,8 @@ def prepare_qat(
         ) from exc
     with cached_patterns():
         prepared = prepare_qat_pt2e(graph, make_qat_quantizer(cfg, ignore))
-        move_exported_model_to_train(prepared)
-    return prepared
+    set_graph_mode(prepared, training=True)
+    return allow_train_eval(prepared)
 
 
 _PATTERNS: dict = {}
@@ -298,23 +303,65 @@ def cached_patterns():
         qat_utils._get_aten_graph_module_for_pattern = original
 
 
-def set_bn_training(graph: torch.fx.GraphModule, training: bool) -> int:
-    """Set the ``training`` flag of every batch_norm node; returns how many nodes there are.
+def set_graph_mode(
+    graph: torch.fx.GraphModule, *, training: bool, bn_training: bool | None = None
+) -> dict[str, int]:
+    """Switch an exported graph between train and eval behaviour, keeping every literal.
 
-    ``training=False`` normalises with the running statistics and stops updating them: this is
-    how BatchNorm is frozen in an exported graph (``module.eval()`` has no effect there).
+    ``module.train()`` has no effect on an exported graph: dropout and BatchNorm carry their mode
+    as a flag argument. This sets the dropout ``train`` flags to ``training`` and the batch_norm
+    ``training`` flags to ``bn_training`` (default ``training``); ``bn_training=False`` while
+    training is how BatchNorm is frozen (normalise with, and stop updating, the running
+    statistics). torchao's ``move_exported_model_to_train`` is not used because its pattern
+    rewrite also replaces every dropout probability by its pattern's 0.5 (torchao 0.18).
+
+    Returns:
+        ``{"dropout": n, "batch_norm": m}``: the nodes found.
     """
-    nodes = [n for n in graph.graph.nodes if n.op == "call_function" and n.target in BN_TARGETS]
+    bn_training = training if bn_training is None else bn_training
+    found = {"dropout": 0, "batch_norm": 0}
     changed = False
-    for node in nodes:
+    for node in graph.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in BN_TARGETS:
+            index, value, kind = 5, bn_training, "batch_norm"
+        elif node.target in DROPOUT_TARGETS:
+            index, value, kind = 2, training, "dropout"
+        else:
+            continue
+        found[kind] += 1
         args = list(node.args)
-        if args[5] != training:
-            args[5] = training
+        if args[index] != value:
+            args[index] = value
             node.args = tuple(args)
             changed = True
     if changed:
         graph.recompile()
-    return len(nodes)
+    return found
+
+
+def allow_train_eval(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Let ``graph.train()`` / ``graph.eval()`` work (``accuracy`` calls ``.eval()``).
+
+    They flip the graph's dropout and BatchNorm flags with ``set_graph_mode``; a frozen BatchNorm
+    stays frozen.
+    """
+
+    def _train(self, mode: bool = True):
+        frozen = getattr(self, "_vitquant_bn_frozen", False)
+        set_graph_mode(self, training=mode, bn_training=mode and not frozen)
+        return self
+
+    graph.train = types.MethodType(_train, graph)
+    graph.eval = types.MethodType(lambda self: _train(self, False), graph)
+    return graph
+
+
+def freeze_bn(graph: torch.fx.GraphModule) -> None:
+    """Freeze BatchNorm: normalise with the running statistics and stop updating them."""
+    graph._vitquant_bn_frozen = True
+    set_graph_mode(graph, training=True, bn_training=False)
 
 
 def fake_quant_modules(graph: nn.Module) -> dict[str, nn.Module]:
@@ -333,32 +380,25 @@ def freeze_observers(graph: nn.Module) -> None:
 
 def eval_copy(prepared: nn.Module, *, fake_quant: bool = True) -> nn.Module:
     """A CPU copy of ``prepared`` in eval mode (``fake_quant=False``: the latent float model)."""
-    from torchao.quantization.pt2e import (
-        allow_exported_model_train_eval,
-        disable_fake_quant,
-        disable_observer,
-        move_exported_model_to_eval,
-    )
+    from torchao.quantization.pt2e import disable_fake_quant, disable_observer
 
     model = copy.deepcopy(prepared).cpu()
-    with cached_patterns():
-        move_exported_model_to_eval(model)
-    set_bn_training(model, False)
+    set_graph_mode(model, training=False)
     model.apply(disable_observer)
     if not fake_quant:
         model.apply(disable_fake_quant)
-    return allow_exported_model_train_eval(model)  # so ``accuracy`` may call ``.eval()``
+    return allow_train_eval(model)
 
 
 def convert_copy(prepared: nn.Module) -> nn.Module:
     """The int8 reference model (``convert_pt2e``) of a copy of ``prepared``; it stays as is."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     model = eval_copy(prepared)
     with cached_patterns():
         model = convert_pt2e(model)
-    return allow_exported_model_train_eval(model)
+    set_graph_mode(model, training=False)
+    return allow_train_eval(model)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -403,12 +443,12 @@ def calibrate(prepared: torch.fx.GraphModule, bundle: DataBundle, spec, cfg: QAT
     """Initialise the observers on ``calib`` images (BN in inference mode); returns images used."""
     role = "calib" if len(bundle.calib_idx) else "fit"
     limit = cfg.calib if cfg.calib is not None else (None if role == "calib" else 256)
-    set_bn_training(prepared, False)
+    set_graph_mode(prepared, training=False)
     seen = 0
     for x, _ in bundle.batches(role, spec, batch_size=64, limit=limit, progress="calibrating"):
         prepared(x.to(_device(prepared)))
         seen += len(x)
-    set_bn_training(prepared, True)
+    set_graph_mode(prepared, training=True)
     return seen
 
 
@@ -435,8 +475,9 @@ def run_qat(
         bundle: data; trains on ``fit``, initialises observers on ``calib``, selects on ``val``.
         cfg: the recipe.
         ignore: quantizable module names to keep in float.
-        on_epoch: called as ``on_epoch(epoch, record, prepared)`` after each trained epoch on
-            rank 0 (Optuna reports and prunes here; an exception stops the run).
+        on_epoch: called as ``on_epoch(epoch, record, prepared)`` after every epoch's
+            evaluation (epoch 0 included) on rank 0; Optuna reports and prunes here, and an
+            exception stops the run.
         log: where progress lines go (rank 0 only).
 
     Returns:
@@ -452,7 +493,7 @@ def run_qat(
     fit_split = bundle.role("fit")
     example, _ = next(bundle.batches("fit", spec, batch_size=2))
     prepared = prepare_qat(model, example, cfg, ignore)
-    n_bn = set_bn_training(prepared, True)
+    n_bn = set_graph_mode(prepared, training=True)["batch_norm"]
     n_calib = calibrate(prepared, bundle, spec, cfg)
     prepared.to(ctx.device)
     net: nn.Module = prepared
@@ -485,9 +526,10 @@ def run_qat(
                     observers_frozen = True
                     say(f"epoch {epoch}: observers frozen")
             if cfg.freeze_bn_after is not None and epoch > cfg.freeze_bn_after and not bn_frozen:
-                set_bn_training(prepared, False)
+                freeze_bn(prepared)
                 bn_frozen = True
-                say(f"epoch {epoch}: BatchNorm statistics frozen")
+                if n_bn:
+                    say(f"epoch {epoch}: BatchNorm statistics frozen")
             loss = _train_epoch(net, prepared, bundle, fit_split, spec, cfg, epoch, ctx,
                                 opt, sched, loss_fn, steps)  # fmt: skip
             _broadcast_buffers(prepared, ctx)
@@ -515,7 +557,7 @@ def run_qat(
             result.diverged = True
             say(f"epoch {epoch}: the loss is not finite; stopping (lower --lr)")
             break
-        if epoch > 0 and on_epoch is not None and ctx.is_main:
+        if on_epoch is not None and ctx.is_main:
             on_epoch(epoch, record, prepared)
 
     prepared.load_state_dict(best_state)

@@ -142,6 +142,19 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+def driver_url(url: str) -> str:
+    """``url`` with an explicit PostgreSQL driver: psycopg2 unless psycopg (3) is installed.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; vitquant ships psycopg2-binary.
+    """
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        import importlib.util
+
+        driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+        return f"postgresql+{driver}://" + url.split("://", 1)[1]
+    return url
+
+
 def make_storage(cfg: SearchConfig):
     """Optuna's RDB storage for ``cfg.storage`` with heartbeats on."""
     import optuna
@@ -158,7 +171,7 @@ def make_storage(cfg: SearchConfig):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                cfg.storage, engine_kwargs=engine_kwargs,
+                driver_url(cfg.storage), engine_kwargs=engine_kwargs,
                 heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
             )  # fmt: skip
     except Exception as exc:  # connection refused, unknown driver, bad URL, ...
@@ -193,10 +206,12 @@ def open_study(cfg: SearchConfig, identity: dict):
         cfg: the search config.
         identity: what must match for trials to be comparable (model, data, base recipe, space).
     """
+    import json
+
     import optuna
 
+    identity = json.loads(json.dumps(identity))  # as stored: tuples become lists
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(cfg)
     pruner = (
         optuna.pruners.MedianPruner(
             n_startup_trials=cfg.pruner_startup, n_warmup_steps=cfg.pruner_warmup
@@ -204,16 +219,23 @@ def open_study(cfg: SearchConfig, identity: dict):
         if cfg.prune
         else optuna.pruners.NopPruner()
     )
-    study = optuna.create_study(
-        study_name=cfg.study, storage=storage, direction="maximize", pruner=pruner,
-        sampler=_sampler(cfg, 0), load_if_exists=True,
-    )  # fmt: skip
+    # Workers starting together on a fresh database would race creating Optuna's tables.
+    lock = StudyLock(cfg.storage, "vitquant-open-storage")
+    try:
+        with lock.holding():
+            storage = make_storage(cfg)
+            study = optuna.create_study(
+                study_name=cfg.study, storage=storage, direction="maximize", pruner=pruner,
+                sampler=_sampler(cfg, 0), load_if_exists=True,
+            )  # fmt: skip
+            saved = study.user_attrs.get("vitquant")
+            if saved is None:
+                study.set_user_attr("vitquant", identity)
+    finally:
+        lock.close()
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise VitquantError(f"study {cfg.study!r} exists and minimizes; use another --study.")
-    saved = study.user_attrs.get("vitquant")
-    if saved is None:
-        study.set_user_attr("vitquant", identity)
-    elif saved != identity:
+    if saved is not None and saved != identity:
         diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
         raise VitquantError(
             f"study {cfg.study!r} in {_redact(cfg.storage)} was created with other settings "
@@ -311,11 +333,21 @@ class StudyLock:
         if storage_url.startswith("postgresql"):
             import sqlalchemy
 
-            engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
-            self._conn = engine.connect()
+            try:
+                engine = sqlalchemy.create_engine(
+                    driver_url(storage_url), poolclass=sqlalchemy.pool.NullPool
+                )
+                self._conn = engine.connect()
+            except Exception as exc:  # driver missing, server down, bad credentials, ...
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise VitquantError(
+                    f"cannot connect to {_redact(storage_url)}: {first}. Check the URL, that "
+                    "the server runs and the database exists."
+                ) from exc
         elif storage_url.startswith("sqlite"):
             path = _sqlite_path(storage_url)
             if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(f"{path}.{self._key:x}.lock", "a+b")  # noqa: SIM115
 
     def acquire(self) -> None:
