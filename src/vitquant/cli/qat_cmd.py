@@ -235,6 +235,8 @@ def search_cmd(
     interruption to resume; point several workers at one --storage postgresql://... and --study
     to share the work. At the end the best parameters are retrained and tested (--final).
     """
+    import os
+
     import optuna
 
     from vitquant.plots.qat import plot_study, plot_trial_epochs
@@ -250,6 +252,11 @@ def search_cmd(
     )
 
     t0 = time.perf_counter()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise VitquantError(
+            "search runs one process per worker, not under torchrun: start several "
+            "`vitquant search` workers on one --storage instead."
+        )
     directory = prepare_out(out, "search", model, overwrite)
     set_threads(threads)
     space = SearchSpace(

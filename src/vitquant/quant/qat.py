@@ -476,7 +476,7 @@ def run_qat(
         cfg: the recipe.
         ignore: quantizable module names to keep in float.
         on_epoch: called as ``on_epoch(epoch, record, prepared)`` after every epoch's
-            evaluation (epoch 0 included) on rank 0; Optuna reports and prunes here, and an
+            evaluation (epoch 0 included), on every rank; Optuna reports and prunes here, and an
             exception stops the run.
         log: where progress lines go (rank 0 only).
 
@@ -557,7 +557,7 @@ def run_qat(
             result.diverged = True
             say(f"epoch {epoch}: the loss is not finite; stopping (lower --lr)")
             break
-        if on_epoch is not None and ctx.is_main:
+        if on_epoch is not None:
             on_epoch(epoch, record, prepared)
 
     prepared.load_state_dict(best_state)
