@@ -4,7 +4,8 @@ Per observed point, three passes over the same images (the model is deterministi
 
 1. exact count, min, max, mean and std (Chan's parallel merge in float64), per-channel absolute
    maxima, a uniform random sample of values (reservoir with hypergeometric merging), and a
-   65,536-bin histogram of the top 16 bits of each value's order-preserving 32-bit key;
+   65,536-bin histogram of the top 16 bits of each value (permuted into the order of an
+   order-preserving 32-bit key);
 2. for the few top-16-bit buckets that hold a needed order statistic, a histogram of the low
    16 bits - which pins the exact float32 value (a two-round radix select);
 3. with the now exact quartiles (``np.percentile``'s linear interpolation), exact counts of the
@@ -42,6 +43,19 @@ def sortable_keys(x: torch.Tensor) -> torch.Tensor:
 def _bucket(keys: torch.Tensor) -> torch.Tensor:
     """Top 16 bits of the keys as an index in ``[0, 65536)``."""
     return (keys >> 16) + (_BUCKETS // 2)
+
+
+def _raw_of_bucket() -> torch.Tensor:
+    """For each key bucket (``_bucket``), the matching top-16-bit pattern of the raw float bits.
+
+    ``key >> 16 == t ^ ((t >> 15) & 0x7FFF)`` for the raw top bits ``t`` (an involution), so a
+    histogram of raw top bits is permuted into key order without computing keys per value.
+    """
+    t = torch.arange(_BUCKETS, dtype=torch.int32) - _BUCKETS // 2
+    return (t ^ ((t >> 15) & 0x7FFF)) & 0xFFFF
+
+
+_RAW_OF_BUCKET = _raw_of_bucket().long()
 
 
 def key_to_float(bucket: int, low: int) -> float:
@@ -185,7 +199,7 @@ class PointAccumulator:
         self.min = float("inf")
         self.max = float("-inf")
         self.chan_absmax: torch.Tensor | None = None
-        self.hist_hi = torch.zeros(_BUCKETS, dtype=torch.int64)
+        self.hist_raw = torch.zeros(_BUCKETS, dtype=torch.int64)
         self.sample = Reservoir(sample_size, rng)
         self.outliers = Reservoir(sample_size, rng)
         self.targets: dict[int, float] = {}  # rank -> value
@@ -223,7 +237,9 @@ class PointAccumulator:
         self.chan_absmax = (
             absmax if self.chan_absmax is None else torch.maximum(self.chan_absmax, absmax)
         )
-        self.hist_hi += torch.bincount(_bucket(sortable_keys(x)).reshape(-1), minlength=_BUCKETS)
+        # Top 16 raw bits (sign, exponent, 7 mantissa bits); mapped to key order in begin2.
+        raw = (x.contiguous().view(torch.int32) >> 16) & 0xFFFF
+        self.hist_raw += torch.bincount(raw.reshape(-1), minlength=_BUCKETS)
         self.sample.add(x)
 
     def _needed_ranks(self) -> list[int]:
@@ -237,7 +253,8 @@ class PointAccumulator:
     def begin2(self) -> None:
         if self.n == 0:
             raise VitquantError("a point saw no values; is the calibration set empty?")
-        cum = torch.cumsum(self.hist_hi, 0)
+        cum = torch.cumsum(self.hist_raw[_RAW_OF_BUCKET], 0)  # counts in key (= float) order
+        self.hist_raw = torch.empty(0, dtype=torch.int64)  # free it
         self.rank_bucket: dict[int, int] = {}
         for r in self._needed_ranks():
             bucket = int(torch.searchsorted(cum, torch.tensor(r), right=True))
