@@ -142,12 +142,12 @@ def analyze(
         console.print(f"[yellow]note:[/] {note}")
     table = Table(title=f"Top-10 activation outlier points ({model}, {payload['n_images']} images)")
     table.add_column("point", no_wrap=True)
-    table.add_column("module", no_wrap=True)
-    for col in ("kind", "outlier %", "min", "max", "ch. ratio"):
-        table.add_column(col, justify="left" if col == "kind" else "right")
+    table.add_column("module", overflow="fold")
+    for col in ("outlier %", "min", "max", "ch.ratio"):
+        table.add_column(col, justify="right", no_wrap=True)
     for s in top_outliers:
         table.add_row(
-            s.point, s.module if s.module != s.point else "=", s.kind, f"{s.outlier_pct:.2f}",
+            s.point, s.module if s.module != s.point else "=", f"{s.outlier_pct:.2f}",
             _fmt(s.min), _fmt(s.max), f"{s.channel_absmax_ratio:.1f}",
             style="bold red" if s.significant else None,
         )  # fmt: skip
