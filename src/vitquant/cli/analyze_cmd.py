@@ -54,6 +54,14 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _short_module(s) -> str:
+    """The point's module for the table: ``=`` when the same, relative to the point's block."""
+    if s.module == s.point:
+        return "="
+    prefix = f"{s.block_name}." if s.block_name else ""
+    return s.module.removeprefix(prefix) if prefix and s.module.startswith(prefix) else s.module
+
+
 def _check_threshold(threshold: float) -> None:
     if not 0 <= threshold <= 100:
         raise VitquantError(f"--threshold is a percentage in [0, 100] (got {threshold}).")
@@ -142,12 +150,13 @@ def analyze(
         console.print(f"[yellow]note:[/] {note}")
     table = Table(title=f"Top-10 activation outlier points ({model}, {payload['n_images']} images)")
     table.add_column("point", no_wrap=True)
+    table.caption = "module: the Linear/Conv an ignore list takes (= the point itself)"
     table.add_column("module", overflow="fold")
     for col in ("outlier %", "min", "max", "ch.ratio"):
         table.add_column(col, justify="right", no_wrap=True)
     for s in top_outliers:
         table.add_row(
-            s.point, s.module if s.module != s.point else "=", f"{s.outlier_pct:.2f}",
+            s.point, _short_module(s), f"{s.outlier_pct:.2f}",
             _fmt(s.min), _fmt(s.max), f"{s.channel_absmax_ratio:.1f}",
             style="bold red" if s.significant else None,
         )  # fmt: skip
