@@ -398,7 +398,27 @@ def convert_copy(prepared: nn.Module) -> nn.Module:
     with cached_patterns():
         model = convert_pt2e(model)
     set_graph_mode(model, training=False)
+    drop_unused_state(model)
     return allow_train_eval(model)
+
+
+def drop_unused_state(graph: torch.fx.GraphModule) -> list[str]:
+    """Delete parameters and buffers the graph never reads; returns their names.
+
+    After ``convert_pt2e`` of a QAT graph the float weights stay attached to their (now unused)
+    holder modules beside the folded int8 constants, and ``torch.export`` would save both.
+    """
+    used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
+    called = {n.target for n in graph.graph.nodes if n.op == "call_module"}
+    dropped = []
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        owner, _, attr = name.rpartition(".")
+        if name in used or any(owner == c or owner.startswith(c + ".") for c in called):
+            continue
+        module = graph.get_submodule(owner) if owner else graph
+        delattr(module, attr)
+        dropped.append(name)
+    return dropped
 
 
 # --------------------------------------------------------------------------- the loop
