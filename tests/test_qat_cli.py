@@ -51,6 +51,8 @@ def test_qat_writes_results_and_deployable_artifacts(tmp_path, digits_models):
     assert floats == ["head"] and qat_row["float_layers"] == 1
     assert qat_row["int8_layers"] == len(int8) == 13
     assert qat_row["drop_pts"] == pytest.approx((fp32 - qat_row["accuracy"]) * 100, abs=1e-3)
+    # Only int8 constants are saved (the QAT float weights are dropped at conversion).
+    assert qat_row["size_mb"] < 0.8 * rows["fp32", "pytorch"]["size_mb"]
 
     # The ONNX file runs in ONNX Runtime with the reported accuracy, close to the pt2e graph.
     ort_row = rows["qat", "onnxruntime"]
