@@ -521,7 +521,7 @@ def run_qat(
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        net = DistributedDataParallel(prepared, device_ids=ids, broadcast_buffers=True)
+        net = DistributedDataParallel(prepared, device_ids=ids)  # buffers synced from rank 0
     _broadcast_buffers(prepared, ctx)
 
     tcfg = cfg.train_config()
