@@ -90,7 +90,6 @@ def plot_study(study, directory: str | Path) -> tuple[dict[str, str], list[str]]
         (name -> path of each plot drawn, notes on plots that could not be drawn - e.g.
         importances need at least two complete trials).
     """
-    import optuna
     from optuna.visualization import matplotlib as ovm
 
     directory = Path(directory)
@@ -99,7 +98,7 @@ def plot_study(study, directory: str | Path) -> tuple[dict[str, str], list[str]]
                      ("param_importances", ovm.plot_param_importances)):  # fmt: skip
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore")  # experimental API, equal-importance notices
                 ax = fn(study)
             fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
             path = directory / f"search_{name}.png"
