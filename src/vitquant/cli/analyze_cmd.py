@@ -266,13 +266,14 @@ def sensitivity(
     )
     table.add_column("rank", justify="right")
     table.add_column("layer", no_wrap=True)
-    for col in ("only: acc", "only: KL", "agree", "all but: acc", "all but: KL"):
-        table.add_column(col, justify="right")
+    for col in ("only acc", "only KL", "agree", "rest acc", "rest KL"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows[:10]:
         table.add_row(
-            str(r.rank), r.name, f"{r.only_acc:.4f}", f"{r.only_kl:.2e}",
-            f"{r.only_agreement:.4f}", f"{r.all_but_acc:.4f}", f"{r.all_but_kl:.2e}",
+            str(r.rank), r.name, f"{r.only_acc:.4f}", f"{r.only_kl:.1e}",
+            f"{r.only_agreement:.3f}", f"{r.all_but_acc:.4f}", f"{r.all_but_kl:.1e}",
         )  # fmt: skip
+    table.caption = "only: this layer int8; rest: every layer but this one int8 (KL vs float)"
     console.print(table)
     if rows:
         console.print(

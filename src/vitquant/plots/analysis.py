@@ -212,8 +212,8 @@ def plot_sqnr_bars(weights: list, path: str | Path) -> Path:
 
 
 def plot_sensitivity_bars(rows: list, path: str | Path) -> Path:
-    """Per-layer sensitivity in rank order: KL with only this layer int8, and the accuracy
-    won back by keeping it float while the rest is int8."""
+    """Per-layer sensitivity in rank order: KL from the float model with only this layer int8,
+    and how much of the all-int8 KL disappears when only this layer stays float."""
     n = len(rows)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, _tall(n, 0.17)), sharey=True)
     pos = np.arange(n)[::-1]
@@ -221,10 +221,10 @@ def plot_sensitivity_bars(rows: list, path: str | Path) -> Path:
     a1.barh(pos, [r.only_kl for r in rows], color=colors, height=0.75)
     a1.set_xlabel("KL(float || only this layer int8), nats/image")
     a1.set_title("quantize only this layer", fontsize=10)
-    a2.barh(pos, [r.all_but_gain_pts for r in rows], color=colors, height=0.75)
+    a2.barh(pos, [r.all_kl - r.all_but_kl for r in rows], color=colors, height=0.75)
     a2.axvline(0, color="black", linewidth=0.6)
-    a2.set_xlabel("accuracy won back (pts) keeping it float, rest int8")
-    a2.set_title("quantize all but this layer", fontsize=10)
+    a2.set_xlabel("KL(all int8) - KL(all but this layer int8), nats/image")
+    a2.set_title("quantize all but this layer: KL removed by keeping it float", fontsize=10)
     a1.set_yticks(pos, [f"{r.rank}. {r.name}" for r in rows], fontsize=7)
     for ax in (a1, a2):
         ax.set_ylim(-0.7, n - 0.3)
@@ -232,7 +232,7 @@ def plot_sensitivity_bars(rows: list, path: str | Path) -> Path:
     _legend_kinds(a2, [r.kind for r in rows])
     fig.suptitle(
         f"W8A8 per-layer sensitivity on val (float acc {rows[0].float_acc:.4f}, "
-        f"all int8 {rows[0].all_acc:.4f})"
+        f"all int8 {rows[0].all_acc:.4f}, KL {rows[0].all_kl:.2e})"
         if rows
         else "sensitivity",
         fontsize=10,
