@@ -36,7 +36,8 @@ class AutoResult:
         val_acc, drop_pts: of the final choice.
         max_drop: the budget in points.
         met: whether the final choice is within budget on val.
-        ranking: the ranking walked (most sensitive first).
+        ranking: the ranking walked (most sensitive first; empty when step 0 met the budget
+            and none was given).
         model: the final quantized model.
     """
 
@@ -119,7 +120,8 @@ def select_ignore(
         spec: the model's ``ModelSpec``.
         cfg: the static PTQ recipe.
         max_drop: accuracy budget in percentage points (fp32 val acc - int8 val acc).
-        ranking: module names, most sensitive first; default the sensitivity analysis on val.
+        ranking: module names, most sensitive first; default the sensitivity analysis on val
+            (computed only when step 0 misses the budget).
         max_layers: stop after this many float layers (default: the whole ranking).
         base_ignore: modules always kept in float (e.g. the user's ignore list).
         val_limit: measure on the first ``val_limit`` val images only.
@@ -131,40 +133,47 @@ def select_ignore(
     """
     if max_drop < 0:
         raise VitquantError(f"--max-drop must be >= 0 points (got {max_drop}).")
-    if ranking is None:
-        ranking = sensitivity_ranking(model, bundle, spec, limit=val_limit)
-    ranking = list(dict.fromkeys(ranking))
     known = set(quantizable_names(model))
-    unknown = [r for r in ranking if r not in known]
-    if unknown:
-        raise VitquantError(f"ranking names non-quantizable layers: {', '.join(unknown[:5])}.")
-    base = [b for b in dict.fromkeys(base_ignore)]
-    ranking = [r for r in ranking if r not in base]
-    limit = len(ranking) if max_layers is None else min(max_layers, len(ranking))
+    base = list(dict.fromkeys(base_ignore))
 
     def val_acc(m) -> float:
         return _accuracy(m, bundle, spec, "val", val_limit)
 
     fp32 = val_acc(model)
     steps: list[dict] = []
-    qm = None
-    for k in range(limit + 1):
-        ignored = base + ranking[:k]
+
+    def step(ignored: list[str], added: str | None):
         qm = quantize_static(model, bundle, spec, cfg, ignore=ignored)
         acc = val_acc(qm.module)
         drop = round((fp32 - acc) * 100, 4)
-        steps.append({"step": k, "ignored": ignored, "added": ranking[k - 1] if k else None,
-                      "val_acc": acc, "drop_pts": drop})  # fmt: skip
+        steps.append({"step": len(steps), "ignored": ignored, "added": added, "val_acc": acc,
+                      "drop_pts": drop})  # fmt: skip
         if log:
-            added = f"+ {ranking[k - 1]}" if k else "all layers int8"
-            log(f"step {k}: {added}: val acc {acc:.4f}, drop {drop:.2f} pts")
-        if drop <= max_drop:
-            break
+            what = f"+ {added}" if added else ("all layers int8" if not ignored else "base list")
+            log(f"step {len(steps) - 1}: {what}: val acc {acc:.4f}, drop {drop:.2f} pts")
+        return qm, drop
+
+    # Step 0 first: when everything int8 is already within budget no ranking is needed (the
+    # sensitivity analysis costs 2 evaluations per layer).
+    qm, drop = step(list(base), None)
+    if drop > max_drop:
+        if ranking is None:
+            ranking = sensitivity_ranking(model, bundle, spec, limit=val_limit)
+        ranking = list(dict.fromkeys(ranking))
+        unknown = [r for r in ranking if r not in known]
+        if unknown:
+            raise VitquantError(f"ranking names non-quantizable layers: {', '.join(unknown[:5])}.")
+        ranking = [r for r in ranking if r not in base]
+        limit = len(ranking) if max_layers is None else min(max_layers, len(ranking))
+        for k in range(1, limit + 1):
+            qm, drop = step(base + ranking[:k], ranking[k - 1])
+            if drop <= max_drop:
+                break
     last = steps[-1]
     return AutoResult(
         ignored=last["ignored"], steps=steps, fp32_val_acc=fp32, val_acc=last["val_acc"],
         drop_pts=last["drop_pts"], max_drop=max_drop, met=last["drop_pts"] <= max_drop,
-        ranking=ranking, model=qm,
+        ranking=list(ranking or []), model=qm,
     )  # fmt: skip
 
 

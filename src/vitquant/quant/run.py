@@ -58,7 +58,8 @@ class QuantizeJob:
     Attributes:
         static: the static PTQ recipe (pt2e, mirrored for ONNX Runtime).
         dynamic: the dynamic int8 recipe.
-        ignore: the user's ignore list (``static-ignore``; also the base of ``static-auto``).
+        ignore: the user's ignore list (``static-ignore``); ``static-auto`` chooses on its own,
+            starting from every layer in int8.
         auto_max_drop: budget in points for ``static-auto`` (None: no auto variant).
         auto_ranking: layers most sensitive first (None: ``vitquant.analysis.sensitivity``).
         auto_val_limit: val images used by the auto selection (None: all of val).
@@ -257,7 +258,7 @@ def run_variants(
         auto = select_ignore(
             model, bundle, spec, job.static, max_drop=job.auto_max_drop,
             ranking=list(job.auto_ranking) if job.auto_ranking is not None else None,
-            base_ignore=scope.modules, val_limit=job.auto_val_limit, log=log,
+            val_limit=job.auto_val_limit, log=log,
         )  # fmt: skip
         if not auto.met:
             notes.append(f"static-auto: the whole ranking ({len(auto.ranking)} layers) in "
