@@ -19,11 +19,14 @@ def main(out: Path) -> None:
     cfg = QATConfig(epochs=2, lr=0.02, batch_size=64, train_limit=256, augment=False,
                     freeze_observers_after=1)  # fmt: skip
     last = {}
-    result = run_qat(loaded.model, loaded.spec, bundle, cfg, log=print,
-                     on_epoch=lambda e, rec, m: last.update(m.state_dict()))  # fmt: skip
+
+    def keep_last(epoch, record, module) -> None:
+        # Copies: run_qat later loads the best epoch's state into these same tensors.
+        last.update({k: v.detach().clone() for k, v in module.state_dict().items()})
+
+    result = run_qat(loaded.model, loaded.spec, bundle, cfg, log=print, on_epoch=keep_last)
     rank = dist.get_rank()
     state = {k: v.detach().clone() for k, v in result.prepared.state_dict().items()}
-    last = {k: v.detach().clone() for k, v in last.items()}
     torch.save({"state": state, "last_state": last, "world": result.world_size,
                 "history": result.history}, out / f"rank{rank}.pt")  # fmt: skip
     dist.destroy_process_group()
