@@ -271,7 +271,12 @@ def run_pipeline(
                              "detail": "skipped: no significant layer"})  # fmt: skip
 
     with _timed(run, "static-auto", log) as rec:
-        ranking = sensitivity_ranking(model, bundle, spec, limit=cfg.sensitivity_limit)
+        # The per-layer ranking costs ~2 evaluations per layer: only when all-int8 misses.
+        ranking = (
+            sensitivity_ranking(model, bundle, spec, limit=cfg.sensitivity_limit)
+            if st.val_drop_pts > cfg.max_drop
+            else []
+        )
         auto = select_ignore(model, bundle, spec, static_cfg, max_drop=cfg.max_drop,
                              ranking=ranking, log=log)  # fmt: skip
         rec.update(steps=auto.steps, ignored=auto.ignored, met=auto.met)
