@@ -54,6 +54,32 @@ OutOpt = Annotated[
 ]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing result file in --out.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads [default: all cores].")]
+QuantizerOpt = Annotated[
+    str,
+    typer.Option(
+        "--quantizer",
+        help="pt2e quantizer: x86 (torchao X86InductorQuantizer, uint8 activations, inductor "
+        "int8 kernels) or xnnpack (ExecuTorch XNNPACKQuantizer, symmetric int8 config, the "
+        "edge/mobile path).",
+    ),
+]  # fmt: skip
+ExportOpt = Annotated[
+    str,
+    typer.Option(
+        "--export",
+        help="pte: also lower each static/QAT int8 model to an ExecuTorch XNNPACK program "
+        "(.pte), run it with ExecuTorch's runtime and add its row (needs --quantizer xnnpack). "
+        "none: no extra artifact.",
+    ),
+]  # fmt: skip
+ObserverOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Activation calibration: minmax, moving_average, histogram, percentile "
+        "[default: minmax for x86, histogram for xnnpack]; ORT mirrors it with "
+        "MinMax/Entropy/Percentile.",
+    ),
+]  # fmt: skip
 
 
 def out_dir(out: Path | None, command: str, model: str) -> Path:

@@ -13,12 +13,15 @@ from vitquant.cli.common import (
     CalibOpt,
     CheckpointOpt,
     DataOpt,
+    ExportOpt,
     LimitOpt,
     ModelArg,
     NumClassesOpt,
+    ObserverOpt,
     OutOpt,
     OverwriteOpt,
     PretrainedOpt,
+    QuantizerOpt,
     RandomOpt,
     SeedOpt,
     ThreadsOpt,
@@ -109,13 +112,9 @@ def quantize(
             help="int8 symmetric (zero point 0) or uint8 asymmetric activations.",
         ),
     ] = False,  # fmt: skip
-    observer: Annotated[
-        str,
-        typer.Option(
-            help="Activation calibration: minmax, moving_average, histogram, "
-            "percentile (same choice mapped to ORT's MinMax/Entropy/Percentile)."
-        ),
-    ] = "minmax",  # fmt: skip
+    quantizer: QuantizerOpt = "x86",
+    export: ExportOpt = "none",
+    observer: ObserverOpt = None,
     percentile: Annotated[float, typer.Option(help="Percentile of --observer percentile.")] = 99.99,
     ignore: Annotated[
         list[str] | None,
@@ -166,12 +165,14 @@ def quantize(
     auto = "auto" in entries
     entries = [e for e in entries if e != "auto"]
     scope = IgnoreScope.from_cli(entries, ignore_type or [], ignore_file)
-    static = StaticPTQ(per_channel=per_channel, symmetric_activations=symmetric_activations,
-                       observer=observer, percentile=percentile, calib=calib)  # fmt: skip
+    static = StaticPTQ(backend=quantizer, per_channel=per_channel,
+                       symmetric_activations=symmetric_activations, observer=observer,
+                       percentile=percentile, calib=calib)  # fmt: skip
     job = QuantizeJob(
         static=static, dynamic=DynamicPTQ(), ignore=scope,
         auto_max_drop=max_drop if auto else None, auto_val_limit=auto_val_limit,
-        top_k=parse_top_k(ignore_top_k), variants=METHODS[method], onnx=onnx, lower=lower,
+        top_k=parse_top_k(ignore_top_k), variants=METHODS[method], onnx=onnx, export=export,
+        lower=lower,
         latency_batches=tuple(sorted({1, 32, latency_batch})), latency_batch=latency_batch,
         threads=threads, weights=ScoreWeights(w_acc, w_size, w_speed),
     )  # fmt: skip

@@ -97,7 +97,7 @@ def bench_rows(
             ignored=list(old.get("ignored", [])), artifact=old["artifact"], extra=extra,
         )  # fmt: skip
         rows.append(row)
-        log(f"{row.variant:<14} {row.backend:<12} acc {acc:.4f}  size {row.size_mb:.3f} MiB  "
+        log(f"{row.variant:<14} {row.backend:<18} acc {acc:.4f}  size {row.size_mb:.3f} MiB  "
             f"{row.latency_ms_per_image:.3f} ms/img")  # fmt: skip
     if not rows:
         raise VitquantError("the quantize.json lists no saved artifacts to bench.")

@@ -7,7 +7,29 @@ from dataclasses import asdict, dataclass
 from vitquant.errors import VitquantError
 
 OBSERVERS = ("minmax", "moving_average", "histogram", "percentile")
-BACKENDS = ("x86",)  # pt2e quantizer backends; see vitquant.quant.pt2e.QUANTIZER_FACTORIES
+# pt2e quantizers (see vitquant.quant.pt2e.QUANTIZER_FACTORIES) and their default observers.
+BACKENDS = ("x86", "xnnpack")
+DEFAULT_OBSERVER = {"x86": "minmax", "xnnpack": "histogram"}
+EXPORTS = ("none", "pte")  # extra deployment artifact of the pt2e variants
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is a known pt2e quantizer, else a ``VitquantError`` listing them."""
+    if backend not in BACKENDS:
+        raise VitquantError(f"unknown quantizer {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    return backend
+
+
+def check_export(export: str, backend: str) -> str:
+    """``export`` if it is known and fits ``backend``, else a ``VitquantError`` with the fix."""
+    if export not in EXPORTS:
+        raise VitquantError(f"unknown --export {export!r}; choose one of {', '.join(EXPORTS)}.")
+    if export == "pte" and backend != "xnnpack":
+        raise VitquantError(
+            f"--export pte lowers to ExecuTorch's XNNPACK backend, which expects the XNNPACK "
+            f"quantizer's int8 graph; add --quantizer xnnpack (got --quantizer {backend})."
+        )
+    return export
 
 
 @dataclass(frozen=True)
@@ -15,11 +37,14 @@ class StaticPTQ:
     """Static post-training quantization with torchao's pt2e flow.
 
     Attributes:
-        backend: pt2e quantizer backend (``x86``; others register in ``QUANTIZER_FACTORIES``).
+        backend: pt2e quantizer: ``x86`` (torchao's ``X86InductorQuantizer``, for inductor on
+            x86) or ``xnnpack`` (ExecuTorch's ``XNNPACKQuantizer``, the edge/mobile path).
         per_channel: int8 weights with one scale per output channel (else one per tensor).
-        symmetric_activations: int8 symmetric activations (zero point 0) instead of the
-            backend's default uint8 asymmetric ones.
-        observer: activation range estimator: ``minmax`` (running min/max), ``moving_average``
+        symmetric_activations: activations with zero point 0 instead of the backend's
+            default asymmetric ones (x86: uint8 -> int8 symmetric; xnnpack: int8 either way).
+        observer: activation range estimator (None: the backend's default, ``minmax`` for x86
+            and ``histogram`` for xnnpack as in ExecuTorch's symmetric config): ``minmax``
+            (running min/max), ``moving_average``
             (EMA of per-batch min/max), ``histogram`` (torch's L2-error-minimising histogram
             search) or ``percentile`` (mean of per-batch ``percentile``/``100-percentile``).
         percentile: upper percentile of the ``percentile`` observer.
@@ -30,12 +55,15 @@ class StaticPTQ:
     backend: str = "x86"
     per_channel: bool = True
     symmetric_activations: bool = False
-    observer: str = "minmax"
+    observer: str | None = None
     percentile: float = 99.99
     calib: int | None = None
     calib_batch: int = 64
 
     def __post_init__(self) -> None:
+        check_backend(self.backend)
+        if self.observer is None:  # frozen: resolve the backend's default once, here
+            object.__setattr__(self, "observer", DEFAULT_OBSERVER[self.backend])
         if self.observer not in OBSERVERS:
             raise VitquantError(
                 f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}."

@@ -9,6 +9,7 @@ patterns into oneDNN int8 kernels; only that is timed as int8 speed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from torch import nn
 from vitquant.data import DataBundle
 from vitquant.errors import VitquantError
 from vitquant.evaluate import QUANTIZABLE
-from vitquant.quant.configs import StaticPTQ
+from vitquant.quant.configs import DEFAULT_OBSERVER, StaticPTQ
 from vitquant.quant.scope import IgnoreScope, ResolvedScope, resolve_modules
 
 # aten ops whose second argument is a weight: the ops a Linear/Conv module lowers to.
@@ -58,7 +59,7 @@ class QuantizedModel:
 
 
 # ---------------------------------------------------------------------------------------------
-# Quantizers: backend name -> factory. Other backends (e.g. xnnpack) register here.
+# Quantizers: backend name -> factory (x86: torchao; xnnpack: ExecuTorch).
 
 
 def _observer(name: str, percentile: float = 99.99) -> tuple[type, dict]:
@@ -141,18 +142,78 @@ def quantization_config(
     return QuantizationConfig(act, act, weight, None, is_qat)
 
 
-def _x86_quantizer(config, ignore: list[str]):
+def _x86_quantizer(ignore: list[str], **options):
+    """torchao's ``X86InductorQuantizer`` with ``quantization_config(**options)``; ``ignore``
+    modules get ``set_module_name_qconfig(name, None)`` (left unannotated, so float)."""
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     quantizer = X86InductorQuantizer()
-    quantizer.set_global(config)
+    quantizer.set_global(quantization_config(**options))
     for name in ignore:
         quantizer.set_module_name_qconfig(name, None)
     return quantizer
 
 
-# name -> factory(quantization_config, ignored module names) -> Quantizer
-QUANTIZER_FACTORIES: dict[str, Callable] = {"x86": _x86_quantizer}
+def xnnpack_config(
+    *,
+    per_channel: bool = True,
+    symmetric_activations: bool = False,
+    observer: str = "histogram",
+    percentile: float = 99.99,
+    is_qat: bool = False,
+    is_dynamic: bool = False,
+):
+    """ExecuTorch's ``get_symmetric_quantization_config`` (the XNNPACK recipe of the study).
+
+    Weights: int8 symmetric in [-127, 127], per output channel or per tensor. Activations: int8
+    affine in [-128, 127] with a ``HistogramObserver`` (static), fake-quant (QAT) or run-time
+    ranges (dynamic). A static ``observer`` other than ``histogram`` swaps the activation
+    observer only; ``symmetric_activations`` pins the activation zero point to 0.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        get_symmetric_quantization_config,
+    )
+
+    config = get_symmetric_quantization_config(
+        is_per_channel=per_channel, is_qat=is_qat, is_dynamic=is_dynamic
+    )
+    changes: dict = {}
+    if observer != "histogram" and not (is_qat or is_dynamic):
+        obs_cls, obs_kw = _observer(observer, percentile)
+        changes["observer_or_fake_quant_ctr"] = obs_cls.with_args(eps=2**-12, **obs_kw)
+    if symmetric_activations:
+        changes["qscheme"] = torch.per_tensor_symmetric
+    if changes:
+        act = dataclasses.replace(config.input_activation, **changes)
+        out = config.output_activation
+        config = dataclasses.replace(
+            config, input_activation=act,
+            output_activation=dataclasses.replace(out, **changes) if out is not None else None,
+        )  # fmt: skip
+    return config
+
+
+def _xnnpack_quantizer(ignore: list[str], **options):
+    """ExecuTorch's ``XNNPACKQuantizer`` with ``xnnpack_config(**options)``.
+
+    ``XNNPACKQuantizer.set_module_name(name, None)`` is not supported (it asserts), so the
+    ignore list goes through its documented ``set_filter_function``: a node inside an ignored
+    module (torchao's ``get_module_name_filter``) is not annotated and stays in float - the same
+    effect ``set_module_name_qconfig(name, None)`` has on the x86 quantizer.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(xnnpack_config(**options))
+    if ignore:
+        filters = [get_module_name_filter(name) for name in ignore]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in filters))
+    return quantizer
+
+
+# name -> factory(ignored module names, **options of make_quantizer) -> Quantizer
+QUANTIZER_FACTORIES: dict[str, Callable] = {"x86": _x86_quantizer, "xnnpack": _xnnpack_quantizer}
 
 
 def make_quantizer(
@@ -160,7 +221,7 @@ def make_quantizer(
     backend: str = "x86",
     per_channel: bool = True,
     symmetric_activations: bool = False,
-    observer: str = "minmax",
+    observer: str | None = None,
     percentile: float = 99.99,
     is_qat: bool = False,
     is_dynamic: bool = False,
@@ -169,21 +230,35 @@ def make_quantizer(
     """A pt2e ``Quantizer`` for ``backend`` that keeps the ``ignore`` modules in float.
 
     Args:
-        backend: a key of ``QUANTIZER_FACTORIES`` (``x86``; other modules add theirs).
-        per_channel, symmetric_activations, observer, percentile, is_qat, is_dynamic: see
-            ``quantization_config``.
+        backend: a key of ``QUANTIZER_FACTORIES``: ``x86`` (torchao's ``X86InductorQuantizer``,
+            uint8 asymmetric activations, see ``quantization_config``) or ``xnnpack``
+            (ExecuTorch's ``XNNPACKQuantizer``, see ``xnnpack_config``).
+        per_channel, symmetric_activations, observer, percentile, is_qat, is_dynamic: the
+            recipe; ``observer`` None is the backend's default (``DEFAULT_OBSERVER``).
         ignore: resolved module names (see ``IgnoreScope.resolve``) to leave unannotated.
     """
     factory = QUANTIZER_FACTORIES.get(backend)
     if factory is None:
         raise VitquantError(
-            f"unknown pt2e backend {backend!r}; known: {', '.join(QUANTIZER_FACTORIES)}."
+            f"unknown quantizer {backend!r}; choose one of {', '.join(QUANTIZER_FACTORIES)}."
         )
-    config = quantization_config(
-        per_channel=per_channel, symmetric_activations=symmetric_activations, observer=observer,
-        percentile=percentile, is_qat=is_qat, is_dynamic=is_dynamic,
+    if backend == "xnnpack":
+        _require_executorch()
+    return factory(
+        list(ignore), per_channel=per_channel, symmetric_activations=symmetric_activations,
+        observer=observer or DEFAULT_OBSERVER[backend], percentile=percentile, is_qat=is_qat,
+        is_dynamic=is_dynamic,
     )  # fmt: skip
-    return factory(config, list(ignore))
+
+
+def _require_executorch() -> None:
+    try:
+        import executorch  # noqa: F401
+    except ImportError as exc:
+        raise VitquantError(
+            "--quantizer xnnpack needs ExecuTorch: pip install executorch==1.5.1 "
+            "(`make setup` installs it)."
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,22 +4,27 @@
 pipeline call. It produces, in this order (each PyTorch variant followed by its ONNX Runtime
 twin when ``job.onnx``):
 
-============== ============== =========================================================
-variant        backends       what
-============== ============== =========================================================
-fp32           pytorch, ort   the float model
-dynamic        pytorch, ort   dynamic int8 (``DynamicPTQ``)
-static         pt2e-x86, ort  static int8, every Linear/Conv (``StaticPTQ``)
-static-ignore  pt2e-x86, ort  static int8 keeping ``job.ignore`` in float (if given)
-static-auto    pt2e-x86, ort  static int8 keeping ``select_ignore``'s choice in float
-============== ============== =========================================================
+============== ================== =====================================================
+variant        backends           what
+============== ================== =====================================================
+fp32           pytorch, ort       the float model
+dynamic        pytorch, ort       dynamic int8 (``DynamicPTQ``)
+static         pt2e-Q, [et], ort  static int8, every Linear/Conv (``StaticPTQ``)
+static-ignore  pt2e-Q, [et], ort  static int8 keeping ``job.ignore`` in float (if given)
+static-auto    pt2e-Q, [et], ort  static int8 keeping ``select_ignore``'s choice in float
+============== ================== =====================================================
+
+``Q`` is the pt2e quantizer (``x86`` or ``xnnpack``); ``et`` is the ``executorch-xnnpack`` row
+of the lowered ``.pte`` program (``job.export == "pte"``, XNNPACK quantizer only).
 
 Accuracy is on the ``test`` role; every choice (``--ignore auto``) is made on ``val``. Latency
 is the median per image after warm-up at each of ``job.latency_batches`` with
-``job.threads`` threads; pt2e graphs are timed after inductor lowering (``simulated`` is set
-when lowering failed and the emulation was timed). ``finalize`` adds ``drop_pts``, ``speedup``
-and the composite ``score`` against the PyTorch fp32 row; ONNX Runtime rows also carry
-``extra.vs_pytorch_pts`` and ``extra.pred_agreement`` against their PyTorch counterpart.
+``job.threads`` threads; x86 pt2e graphs are timed after inductor lowering (``simulated`` is
+set when lowering failed and the emulation was timed); XNNPACK pt2e graphs are timed as the
+eager emulation (``simulated``) - their int8 kernels run in the ``.pte`` row. ``finalize`` adds
+``drop_pts``, ``speedup`` and the composite ``score`` against the PyTorch fp32 row; ONNX
+Runtime and ExecuTorch rows also carry ``extra.vs_pytorch_pts`` and ``extra.pred_agreement``
+against their PyTorch counterpart.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from vitquant.quant.artifacts import (
     save_state_dict,
 )
 from vitquant.quant.auto import AutoResult, outlier_ranking, select_ignore, sweep_top_k
-from vitquant.quant.configs import DynamicPTQ, StaticPTQ
+from vitquant.quant.configs import DynamicPTQ, StaticPTQ, check_export
 from vitquant.quant.dynamic import quantize_dynamic
 from vitquant.quant.pt2e import QuantizedModel, quantize_static
 from vitquant.quant.scope import IgnoreScope, ResolvedScope
@@ -66,7 +71,9 @@ class QuantizeJob:
         top_k: k values of the outlier sweep (empty: no sweep).
         variants: which of ``VARIANTS`` to produce.
         onnx: also export and quantize with ONNX Runtime.
-        lower: time pt2e graphs after inductor lowering (else eager, ``simulated``).
+        export: ``pte``: also lower each static variant to an ExecuTorch XNNPACK program and
+            measure it (needs ``static.backend == "xnnpack"``); ``none``: no extra artifact.
+        lower: time x86 pt2e graphs after inductor lowering (else eager, ``simulated``).
         latency_batches: batch sizes timed; ``latency_batch`` is the one in the row.
         threads: intra-op threads for PyTorch and ONNX Runtime (None: all cores).
         weights: composite score weights.
@@ -81,6 +88,7 @@ class QuantizeJob:
     top_k: tuple[int, ...] = ()
     variants: tuple[str, ...] = VARIANTS
     onnx: bool = True
+    export: str = "none"
     lower: bool = True
     latency_batches: tuple[int, ...] = (1, 32)
     latency_batch: int = 1
@@ -100,6 +108,7 @@ class QuantizeJob:
             )
         if any(b <= 0 for b in self.latency_batches):
             raise VitquantError("latency batch sizes must be > 0.")
+        check_export(self.export, self.static.backend)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -202,7 +211,7 @@ def run_variants(
         row.extra["latency_ms_per_image_by_batch"] = {str(b): v for b, v in lat.items()}
         preds[(row.variant, row.backend)] = pred
         rows.append(row)
-        log(f"{row.variant:<14} {row.backend:<12} acc {row.accuracy:.4f}  size "
+        log(f"{row.variant:<14} {row.backend:<18} acc {row.accuracy:.4f}  size "
             f"{row.size_mb:.3f} MiB  {row.latency_ms_per_image:.3f} ms/img"
             f"{' (simulated)' if row.simulated else ''}")  # fmt: skip
 
@@ -319,7 +328,7 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
     if auto is not None:
         extra["auto"] = {"val_drop_pts": auto.drop_pts, "met_on_val": auto.met,
                          "max_drop": auto.max_drop, "steps": len(auto.steps)}  # fmt: skip
-    if job.lower:
+    if job.lower and cfg.backend == "x86":
         lat, simulated, error, agree = lowered_latency(qm.module, examples)
         extra["timed"] = "eager (lowering failed)" if simulated else "inductor-lowered int8"
         if error:
@@ -330,12 +339,16 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
     else:
         lat, simulated = measure_latency(qm.module, examples), True
         extra["timed"] = "eager quantize/dequantize emulation"
+        if cfg.backend != "x86":
+            extra["timed"] += " (inductor's int8 patterns are the x86 quantizer's)"
     extra["accuracy_from"] = "eager graph (int8 values emulated in fp32)"
-    add(ResultRow(variant=variant, backend="pt2e-x86", accuracy=acc, n=n_test,
+    add(ResultRow(variant=variant, backend=f"pt2e-{cfg.backend}", accuracy=acc, n=n_test,
                   int8_layers=len(qm.int8_layers), float_layers=len(qm.float_layers),
                   size_mb=file_size_mb(path), simulated=simulated, ignored=list(qm.ignored),
                   artifact=str(path), extra=extra),
         pred, lat)  # fmt: skip
+    if job.export == "pte":
+        _pte_row(ctx, qm, variant)
     torch._dynamo.reset()  # free compiled graphs of this variant
     if fp32_onnx is not None:
         from vitquant.quant.onnx_backend import quantize_onnx_static
@@ -347,6 +360,23 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
             percentile=cfg.percentile, calib=cfg.calib, calib_batch=cfg.calib_batch,
         )  # fmt: skip
         _ort_row(add, evaluate, oq, variant, n_test, threads, examples)
+
+
+def _pte_row(ctx: _Context, qm: QuantizedModel, variant: str) -> None:
+    """Lower ``qm`` to an XNNPACK ``.pte``, run it with ExecuTorch's runtime, add its row."""
+    from vitquant.quant.executorch_backend import BACKEND, PteModel, export_pte
+
+    exported = export_pte(qm.module, qm.example, ctx.artifacts / f"{variant}.pte")
+    ctx.notes.append(f"{variant} .pte: {exported.note()}")
+    runner = PteModel(exported.path, threads=ctx.threads)
+    acc, pred = ctx.evaluate(runner, f"{variant} pte")
+    ctx.add(ResultRow(variant=variant, backend=BACKEND, accuracy=acc, n=ctx.n_test,
+                      int8_layers=len(qm.int8_layers), float_layers=len(qm.float_layers),
+                      size_mb=file_size_mb(exported.path), ignored=list(qm.ignored),
+                      artifact=str(exported.path),
+                      extra={"lowering": exported.to_dict(), "runtime_threads": runner.threads,
+                             "int8": qm.int8_layers}),
+            pred, measure_latency(runner, ctx.examples))  # fmt: skip
 
 
 def _ort_row(add, evaluate, oq, variant: str, n_test: int, threads: int, examples) -> None:
@@ -363,10 +393,14 @@ def _ort_row(add, evaluate, oq, variant: str, n_test: int, threads: int, example
         pred, measure_latency(ort, examples))  # fmt: skip
 
 
+RUNTIME_BACKENDS = ("onnxruntime", "executorch-xnnpack")  # rows with a PyTorch twin
+
+
 def _agreement(rows: list[ResultRow], preds: dict) -> None:
-    pytorch = {r.variant: r for r in rows if r.backend != "onnxruntime"}
+    """Runtime rows (ORT, ExecuTorch) vs the PyTorch row of the same variant."""
+    pytorch = {r.variant: r for r in rows if r.backend not in RUNTIME_BACKENDS}
     for r in rows:
-        if r.backend != "onnxruntime" or r.variant not in pytorch:
+        if r.backend not in RUNTIME_BACKENDS or r.variant not in pytorch:
             continue
         twin = pytorch[r.variant]
         a, b = preds[(r.variant, r.backend)], preds[(twin.variant, twin.backend)]
