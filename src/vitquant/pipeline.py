@@ -34,8 +34,12 @@ class PipelineConfig:
         threshold: outlier % above which an observed point is significant.
         stats_images: calibration images used for the activation statistics.
         per_channel: per-channel weight scales for static PTQ.
-        observer: activation observer for static PTQ (see ``StaticPTQ``).
-        backend: pt2e quantizer backend.
+        observer: activation observer for static PTQ (see ``StaticPTQ``; None: the
+            quantizer's default).
+        backend: pt2e quantizer, ``x86`` or ``xnnpack``.
+        export: ``pte``: every pt2e variant is also lowered to an ExecuTorch XNNPACK program,
+            measured (val and test) and offered to the final choice as its own candidate
+            (backend ``executorch-xnnpack``); needs ``backend == "xnnpack"``.
         trials: Optuna trials of the QAT search when post-training misses the budget.
         qat_epochs: epochs per QAT trial.
         qat_train_limit: training images per QAT epoch (None: all fit images).
@@ -49,14 +53,20 @@ class PipelineConfig:
     threshold: float = 5.0
     stats_images: int = 256
     per_channel: bool = True
-    observer: str = "minmax"
+    observer: str | None = None
     backend: str = "x86"
+    export: str = "none"
     trials: int = 4
     qat_epochs: int = 2
     qat_train_limit: int | None = None
     force_qat: bool = False
     sensitivity_limit: int | None = None
     lower: bool = True
+
+    def __post_init__(self) -> None:
+        from vitquant.quant.configs import check_backend, check_export
+
+        check_export(self.export, check_backend(self.backend))
 
 
 @dataclass
@@ -104,12 +114,13 @@ def choose_final(variants: list[Variant], max_drop: float) -> tuple[Variant, str
         )
         return best, (
             f"{len(within)} int8 variant(s) within the {max_drop} pt val budget; "
-            f"{best.row.variant} is the fastest of them "
+            f"{best.row.variant} ({best.row.backend}) is the fastest of them "
             f"({best.row.latency_ms_per_image:.3f} ms/img, {best.row.size_mb:.2f} MiB)."
         )
     best = max(quantized, key=lambda v: v.val_acc)
     return best, (
-        f"no int8 variant is within the {max_drop} pt val budget; {best.row.variant} is the "
+        f"no int8 variant is within the {max_drop} pt val budget; {best.row.variant} "
+        f"({best.row.backend}) is the "
         f"most accurate on val (drop {best.val_drop_pts:.2f} pts)."
     )
 
@@ -156,6 +167,38 @@ def measure_variant(
         "latency_batch": 1, "latency_threads": torch.get_num_threads(), "simulated": simulated,
         "batch32": lat[32],
     }  # fmt: skip
+
+
+def pte_variant(
+    v: Variant, bundle: DataBundle, spec, artifacts: Path, examples: dict, *, fp32_val: float
+) -> Variant:
+    """Lower a pt2e variant to an XNNPACK ``.pte``, run it with ExecuTorch, measure val and test.
+
+    The new candidate keeps the variant name, with backend ``executorch-xnnpack``; its latency
+    is the program's (real XNNPACK int8 kernels).
+    """
+    from vitquant.quant.artifacts import measure_latency
+    from vitquant.quant.executorch_backend import BACKEND, PteModel, export_pte
+    from vitquant.quant.pt2e import QuantizedModel
+
+    module = v.module
+    graph = module.module if isinstance(module, QuantizedModel) else module
+    example = module.example if isinstance(module, QuantizedModel) else examples[32][:8]
+    exported = export_pte(graph, example, artifacts / f"{v.row.variant}.pte")
+    runner = PteModel(exported.path, threads=torch.get_num_threads())
+    val = accuracy(runner, bundle, "val", spec)
+    test = accuracy(runner, bundle, "test", spec, progress=f"test {v.row.variant} .pte")
+    lat = measure_latency(runner, examples)
+    row = ResultRow(
+        variant=v.row.variant, backend=BACKEND, accuracy=test, n=v.row.n,
+        int8_layers=v.row.int8_layers, float_layers=v.row.float_layers, ignored=v.row.ignored,
+        size_mb=file_size_mb(exported.path), artifact=str(exported.path),
+        latency_ms_per_image=lat[1], latency_batch=1, latency_threads=runner.threads,
+        extra={"val_acc": val, "latency_ms_per_image_batch32": lat[32],
+               "vs_pytorch_pts": round((test - v.row.accuracy) * 100, 4),
+               "lowering": exported.to_dict(), "lowering_note": exported.note()},
+    )  # fmt: skip
+    return Variant(row=row, val_acc=val, val_drop_pts=(fp32_val - val) * 100, module=runner)
 
 
 def _timed(run: PipelineRun, name: str, log: Callable[[str], None]):
@@ -210,7 +253,8 @@ def run_pipeline(
     def add(variant: str, backend: str, module, *, ignored=(), int8=None, extra=None) -> Variant:
         val = accuracy(module, bundle, "val", spec)
         test = accuracy(module, bundle, "test", spec, progress=f"test {variant}")
-        measured = measure_variant(variant, module, out / "artifacts", examples, lower=cfg.lower)
+        measured = measure_variant(variant, module, out / "artifacts", examples,
+                                   lower=cfg.lower and cfg.backend == "x86")  # fmt: skip
         lat32 = measured.pop("batch32")
         int8_layers = n_layers - len(ignored) if int8 is None else int8
         row = ResultRow(
@@ -222,6 +266,11 @@ def run_pipeline(
         fp32_val = run.variants[0].val_acc if run.variants else val
         v = Variant(row=row, val_acc=val, val_drop_pts=(fp32_val - val) * 100, module=module)
         run.variants.append(v)
+        if cfg.export == "pte" and backend.startswith("pt2e"):
+            run.variants.append(pte_variant(v, bundle, spec, out / "artifacts", examples,
+                                            fp32_val=fp32_val))  # fmt: skip
+            run.decide(f"{variant} .pte", "lowered to ExecuTorch XNNPACK",
+                       run.variants[-1].row.extra["lowering_note"])  # fmt: skip
         return v
 
     with _timed(run, "fp32", log) as rec:
@@ -331,7 +380,8 @@ def run_pipeline(
     for v, r in zip(run.variants, rows, strict=True):
         v.row = r
     run.final, run.final_reason = choose_final(run.variants, cfg.max_drop)
-    run.decide("final", f"chose {run.final.row.variant}", run.final_reason)
+    run.decide("final", f"chose {run.final.row.variant} ({run.final.row.backend})",
+               run.final_reason)  # fmt: skip
     run.flow.append({"label": f"final: {run.final.row.variant}", "status": "final",
                      "detail": f"test {run.final.row.accuracy:.4f} (drop "
                                f"{run.final.row.drop_pts:.2f} pts) | "

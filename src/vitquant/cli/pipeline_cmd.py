@@ -12,10 +12,13 @@ from vitquant.cli.common import (
     CalibOpt,
     CheckpointOpt,
     DataOpt,
+    ExportOpt,
     LimitOpt,
     ModelArg,
+    ObserverOpt,
     OutOpt,
     OverwriteOpt,
+    QuantizerOpt,
     SeedOpt,
     ThreadsOpt,
     ValOpt,
@@ -42,9 +45,9 @@ def pipeline(
     threshold: Annotated[float, typer.Option(help="Significant outlier % of a point.")] = 5.0,
     stats_images: Annotated[int, typer.Option(help="Images for the activation statistics.")] = 256,
     per_channel: Annotated[bool, typer.Option(help="Per-channel weight scales.")] = True,
-    observer: Annotated[
-        str, typer.Option(help="minmax, moving_average, histogram, percentile.")
-    ] = "minmax",  # fmt: skip
+    quantizer: QuantizerOpt = "x86",
+    export: ExportOpt = "none",
+    observer: ObserverOpt = None,
     trials: Annotated[int, typer.Option(help="Optuna trials if QAT is needed.")] = 4,
     qat_epochs: Annotated[int, typer.Option(help="Epochs per QAT trial.")] = 2,
     qat_train_limit: Annotated[
@@ -72,17 +75,18 @@ def pipeline(
     Choices use the val images; test figures are reported. The final choice: the fastest
     variant within the val budget, else the most accurate on val.
     """
+    # Built first: a bad --quantizer/--export fails before anything is loaded or written.
+    cfg = PipelineConfig(
+        max_drop=max_drop, threshold=threshold, stats_images=stats_images,
+        per_channel=per_channel, observer=observer, backend=quantizer, export=export,
+        trials=trials, qat_epochs=qat_epochs, qat_train_limit=qat_train_limit,
+        force_qat=force_qat, sensitivity_limit=sensitivity_limit, lower=lower,
+    )  # fmt: skip
     directory = prepare_out(out, "pipeline", model, overwrite)
     set_threads(threads)
     loaded, bundle = model_and_data(
         model, data=data, checkpoint=checkpoint, pretrained=False, random_weights=False,
         num_classes=None, calib=calib, val=val, limit=limit, seed=seed,
-    )  # fmt: skip
-    cfg = PipelineConfig(
-        max_drop=max_drop, threshold=threshold, stats_images=stats_images,
-        per_channel=per_channel, observer=observer, trials=trials, qat_epochs=qat_epochs,
-        qat_train_limit=qat_train_limit, force_qat=force_qat,
-        sensitivity_limit=sensitivity_limit, lower=lower,
     )  # fmt: skip
     from vitquant.pipeline_steps import analysis_step, qat_step
 

@@ -14,11 +14,13 @@ from vitquant.cli.common import (
     CalibOpt,
     CheckpointOpt,
     DataOpt,
+    ExportOpt,
     LimitOpt,
     ModelArg,
     NumClassesOpt,
     OutOpt,
     OverwriteOpt,
+    QuantizerOpt,
     SeedOpt,
     ThreadsOpt,
     ValOpt,
@@ -28,6 +30,7 @@ from vitquant.cli.common import (
 )
 from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
+from vitquant.quant.configs import check_backend, check_export
 
 EpochsOpt = Annotated[int, typer.Option(help="QAT epochs (per trial, unless --search-epochs).")]
 LrOpt = Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")]
@@ -58,7 +61,9 @@ IgnoreFileOpt = Annotated[
     Path | None, typer.Option(help="File with one ignore entry per line (# comments).")
 ]
 PerChannelOpt = Annotated[bool, typer.Option(help="Per-channel weight scales.")]
-SymActOpt = Annotated[bool, typer.Option(help="int8 symmetric activations (else uint8).")]
+SymActOpt = Annotated[
+    bool, typer.Option(help="Activations with zero point 0 (x86: int8 symmetric, else uint8).")
+]
 OnnxOpt = Annotated[
     bool, typer.Option(help="Also export the int8 model to ONNX and test it in ONNX Runtime.")
 ]
@@ -80,7 +85,8 @@ def _ignored(model, ignore, ignore_type, ignore_file):
     return resolve_modules(model, scope)
 
 
-def _finish(loaded, bundle, cfg, result, directory: Path, *, ignored, onnx, latency, stem):
+def _finish(loaded, bundle, cfg, result, directory: Path, *, ignored, onnx, latency, stem,
+            export="none"):  # fmt: skip
     """Plot, save and test the kept model; the part of qat.json / search.json it fills."""
     from vitquant.plots.qat import plot_qat_history
     from vitquant.quant.qat import DeployOptions, deploy_and_report
@@ -88,7 +94,9 @@ def _finish(loaded, bundle, cfg, result, directory: Path, *, ignored, onnx, late
     directory.mkdir(parents=True, exist_ok=True)
     report = deploy_and_report(
         loaded.model, loaded.spec, bundle, result, directory, ignored=ignored,
-        options=DeployOptions(onnx=onnx, latency=latency, stem=stem), log=console.print,
+        options=DeployOptions(onnx=onnx, latency=latency, stem=stem, backend=cfg.backend,
+                              export=export),
+        log=console.print,
     )  # fmt: skip
     plot = plot_qat_history(result.history, directory / f"{stem}_accuracy.png",
                             best_epoch=result.best_epoch)  # fmt: skip
@@ -116,6 +124,8 @@ def qat_cmd(
     ignore: IgnoreOpt = None,
     ignore_type: IgnoreTypeOpt = None,
     ignore_file: IgnoreFileOpt = None,
+    quantizer: QuantizerOpt = "x86",
+    export: ExportOpt = "none",
     per_channel: PerChannelOpt = True,
     symmetric_activations: SymActOpt = False,
     checkpoint: CheckpointOpt = None,
@@ -139,6 +149,7 @@ def qat_cmd(
     from vitquant.quant.qat import dist_context, run_qat
 
     t0 = time.perf_counter()
+    check_export(export, check_backend(quantizer))  # before any data or training
     directory = prepare_out(out, "qat", model, overwrite)
     ctx = dist_context()
     if ctx.world == 1:
@@ -152,6 +163,7 @@ def qat_cmd(
         batch_size=batch_size, freeze_observers_after=freeze_observers_after,
         freeze_bn_after=freeze_bn_after, train_limit=train_limit, calib=calib or None,
         per_channel=per_channel, symmetric_activations=symmetric_activations, seed=seed,
+        backend=quantizer,
     )  # fmt: skip
     scope = _ignored(loaded.model, ignore, ignore_type, ignore_file)
     say = console.print if ctx.is_main else (lambda *a, **k: None)
@@ -160,7 +172,7 @@ def qat_cmd(
     if not ctx.is_main:
         return
     part = _finish(loaded, bundle, cfg, result, directory, ignored=scope.modules, onnx=onnx,
-                   latency=latency, stem="qat_int8")  # fmt: skip
+                   latency=latency, stem="qat_int8", export=export)  # fmt: skip
     payload = {
         "model": model, "checkpoint": loaded.checkpoint, **bundle.describe(),
         "ignored": scope.modules, "ignore_notes": scope.notes, **part,
@@ -215,6 +227,8 @@ def search_cmd(
     ignore: IgnoreOpt = None,
     ignore_type: IgnoreTypeOpt = None,
     ignore_file: IgnoreFileOpt = None,
+    quantizer: QuantizerOpt = "x86",
+    export: ExportOpt = "none",
     per_channel: PerChannelOpt = True,
     symmetric_activations: SymActOpt = False,
     checkpoint: CheckpointOpt = None,
@@ -257,6 +271,7 @@ def search_cmd(
             "search runs one process per worker, not under torchrun: start several "
             "`vitquant search` workers on one --storage instead."
         )
+    check_export(export, check_backend(quantizer))
     directory = prepare_out(out, "search", model, overwrite)
     set_threads(threads)
     space = SearchSpace(
@@ -277,7 +292,7 @@ def search_cmd(
         epochs=epochs, optimizer=optimizer, batch_size=batch_size,
         freeze_observers_after=freeze_observers_after, freeze_bn_after=freeze_bn_after,
         train_limit=train_limit, calib=calib or None, per_channel=per_channel,
-        symmetric_activations=symmetric_activations, seed=seed,
+        symmetric_activations=symmetric_activations, seed=seed, backend=quantizer,
     )  # fmt: skip
     scope = _ignored(loaded.model, ignore, ignore_type, ignore_file)
     searched = {"lr", "momentum", "weight_decay"} | ({"epochs"} if space.epochs else set())
@@ -316,7 +331,8 @@ def search_cmd(
         result = run_qat(loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules,
                          log=console.print)  # fmt: skip
         final_part = _finish(loaded, bundle, cfg, result, directory, ignored=scope.modules,
-                             onnx=onnx, latency=latency, stem="search_best_int8")  # fmt: skip
+                             onnx=onnx, latency=latency, stem="search_best_int8",
+                             export=export)  # fmt: skip
         final_part["trial"] = best["number"]
     elif final:
         notes.append("no COMPLETE trial: nothing to retrain")

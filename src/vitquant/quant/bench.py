@@ -1,8 +1,9 @@
 """Re-measure saved variants: load each artifact of a ``quantize.json`` and measure it again.
 
 ``bench_rows(document, bundle, spec, ...)`` loads every row's ``artifact`` (``.pt`` state dicts,
-``.pt2`` pt2e programs, ``.onnx`` files), and measures accuracy on ``test``, size on disk and
-latency, so figures can be checked on another machine, thread count or test subset.
+``.pt2`` pt2e programs, ``.onnx`` files, ``.pte`` ExecuTorch programs), and measures accuracy on
+``test``, size on disk and latency, so figures can be checked on another machine, thread count
+or test subset.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def load_runner(row: dict, spec, *, threads: int):
         return OrtModel(path, threads=threads)
     if backend.startswith("pt2e"):
         return load_pt2e(path)
+    if backend == "executorch-xnnpack":
+        from vitquant.quant.executorch_backend import PteModel
+
+        return PteModel(path, threads=threads)
     if backend == "pytorch":
         model = spec.build(spec.num_classes or 1000).eval()
         if variant == "dynamic":
@@ -79,7 +84,7 @@ def bench_rows(
         simulated = False
         extra = {"quantize_accuracy": old["accuracy"], "quantize_n": old.get("n")}
         if isinstance(runner, torch.fx.GraphModule):
-            if lower:
+            if lower and old["backend"] == "pt2e-x86":  # inductor fuses the x86 patterns only
                 lat, simulated, error, _ = lowered_latency(runner, examples)
                 if error:
                     extra["lowering_error"] = error

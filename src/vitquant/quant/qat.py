@@ -40,6 +40,7 @@ from vitquant.data import DataBundle, random_crop_flip, to_model_input
 from vitquant.errors import VitquantError
 from vitquant.evaluate import accuracy
 from vitquant.progress import track
+from vitquant.quant.configs import check_backend, check_export
 from vitquant.quant.pt2e import export_model, make_quantizer
 from vitquant.train import TrainConfig, make_optimizer, make_scheduler
 
@@ -73,9 +74,9 @@ class QATConfig:
         augment: random crop + flip of 3-channel images.
         warmup_epochs: linear warm-up of the learning rate.
         label_smoothing: cross-entropy label smoothing.
-        backend: pt2e quantizer backend (see ``vitquant.quant.pt2e.make_quantizer``).
+        backend: pt2e quantizer, ``x86`` or ``xnnpack`` (see ``vitquant.quant.pt2e``).
         per_channel: per-output-channel weight scales.
-        symmetric_activations: int8 symmetric activations instead of uint8 asymmetric.
+        symmetric_activations: activations with zero point 0 (x86: int8 instead of uint8).
         seed: seed of the epoch order, augmentation and dropout.
         eval_batch: batch size of the validation passes.
     """
@@ -119,6 +120,7 @@ class QATConfig:
         for ok, message in checks:
             if not ok:
                 raise VitquantError(message)
+        check_backend(self.backend)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -640,15 +642,23 @@ class DeployOptions:
 
     Attributes:
         onnx: also export the int8 model to ONNX and evaluate it with ONNX Runtime.
-        latency: time every row (pt2e after inductor lowering; can take a minute).
+        latency: time every row (x86 pt2e after inductor lowering; can take a minute).
         latency_batch: batch size of the timing.
         stem: file name stem of the artifacts.
+        backend: the quantizer the model was trained with (names the pt2e row; only ``x86``
+            graphs are lowered by inductor, others are timed as the eager emulation).
+        export: ``pte``: also lower to an ExecuTorch XNNPACK program, run and measure it.
     """
 
     onnx: bool = True
     latency: bool = True
     latency_batch: int = 32
     stem: str = "qat_int8"
+    backend: str = "x86"
+    export: str = "none"
+
+    def __post_init__(self) -> None:
+        check_export(self.export, self.backend)
 
 
 def deploy_and_report(
@@ -664,9 +674,10 @@ def deploy_and_report(
 ) -> dict:
     """Save the kept int8 model (``.pt2`` and ``.onnx``) and measure it on the test split.
 
-    Rows (``vitquant.results.ResultRow``): ``fp32``/pytorch, ``qat``/pt2e-x86 (the converted
-    graph; timed after inductor lowering) and ``qat``/onnxruntime (the ONNX export), finalized
-    against fp32.
+    Rows (``vitquant.results.ResultRow``): ``fp32``/pytorch, ``qat``/pt2e-<backend> (the
+    converted graph; x86 timed after inductor lowering), ``qat``/executorch-xnnpack (the
+    ``.pte`` program, ``options.export == "pte"``) and ``qat``/onnxruntime (the ONNX export),
+    finalized against fp32.
 
     Returns:
         ``{"results": [row dicts], "artifacts": {...}, "test_acc": ..., "fp32_test_acc": ...,
@@ -702,20 +713,44 @@ def deploy_and_report(
     int8_layers, float_layers = split_int8(model, converted)
     q_acc = accuracy(converted, bundle, "test", spec, progress="test int8")
     qrow = ResultRow(
-        "qat", "pt2e-x86", q_acc, n_test, int8_layers=len(int8_layers),
+        "qat", f"pt2e-{options.backend}", q_acc, n_test, int8_layers=len(int8_layers),
         float_layers=len(float_layers), size_mb=file_size_mb(pt2), ignored=list(ignored),
         artifact=str(pt2), simulated=True,
         extra={"best_epoch": result.best_epoch, "best_val_acc": result.best_val},
     )  # fmt: skip
-    if options.latency:
+    if options.latency and options.backend == "x86":
         lat, simulated, error, agree = lowered_latency(converted, lat_x)
         timed(qrow, lat)
         qrow.simulated = simulated
         qrow.extra["lowered_agreement"] = agree
         if error:
             notes.append(f"inductor lowering failed, eager emulation timed: {error}")
+    elif options.latency:
+        timed(qrow, measure_latency(converted, lat_x))
     rows = [fp32, qrow]
-    artifacts = {"pt2": str(pt2), "onnx": None}
+    artifacts = {"pt2": str(pt2), "onnx": None, "pte": None}
+
+    if options.export == "pte":
+        from vitquant.quant.executorch_backend import BACKEND, PteModel, export_pte
+
+        exported = export_pte(converted, example, directory / f"{options.stem}.pte")
+        notes.append(f".pte: {exported.note()}")
+        artifacts["pte"] = str(exported.path)
+        runner = PteModel(exported.path, threads=threads)
+        logits, labels = predict_fn(runner, bundle, spec)
+        ref_logits, _ = predict_fn(converted, bundle, spec)
+        erow = ResultRow(
+            "qat", BACKEND, (logits.argmax(1) == labels).float().mean().item(), n_test,
+            int8_layers=len(int8_layers), float_layers=len(float_layers),
+            size_mb=file_size_mb(exported.path), ignored=list(ignored),
+            artifact=str(exported.path),
+            extra={"lowering": exported.to_dict(), "runtime_threads": runner.threads,
+                   "pred_agreement_vs_pt2e": (logits.argmax(1) == ref_logits.argmax(1))
+                   .float().mean().item()},
+        )  # fmt: skip
+        erow.extra["vs_pytorch_pts"] = round((erow.accuracy - q_acc) * 100, 4)
+        timed(erow, measure_latency(runner, lat_x) if options.latency else None)
+        rows.append(erow)
 
     if options.onnx:
         from vitquant.quant.onnx_backend import OrtModel
@@ -741,7 +776,7 @@ def deploy_and_report(
             rows.append(orow)
     finalize(rows)
     for row in rows:
-        log(f"{row.variant:5s} {row.backend:12s} test acc {row.accuracy:.4f} "
+        log(f"{row.variant:5s} {row.backend:18s} test acc {row.accuracy:.4f} "
             f"(drop {row.drop_pts:+.2f} pts), {row.size_mb:.2f} MiB")  # fmt: skip
     return {
         "results": [r.to_dict() for r in rows], "artifacts": artifacts, "test_acc": q_acc,
