@@ -179,12 +179,12 @@ def set_runtime_threads(threads: int | None) -> int | None:
     ExecuTorch's Python bindings expose only the experimental ``_unsafe_reset_threadpool``;
     latency rows must say how many threads ran, so it is used here and nowhere else.
     """
-    try:
-        from executorch.extension.pybindings import portable_lib
-    except ImportError:
-        return None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # the module warns that the API is experimental
+        try:
+            from executorch.extension.pybindings import portable_lib
+        except ImportError:
+            return None
         if threads:
             portable_lib._unsafe_reset_threadpool(int(threads))
         return int(portable_lib._threadpool_get_thread_count())
@@ -207,7 +207,9 @@ class PteModel:
         if not path.is_file():
             raise VitquantError(f"ExecuTorch program {path} not found.")
         try:
-            from executorch.runtime import Runtime
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental API" from its bindings
+                from executorch.runtime import Runtime
         except ImportError as exc:
             raise VitquantError(
                 "running a .pte needs ExecuTorch: pip install executorch==1.5.1."
