@@ -119,11 +119,15 @@ def test_pte_reloads_and_matches_the_converted_model(name, digits, tmp_path, dig
 
 
 def test_lowering_names_the_operators_left_to_portable_kernels(vit, cnn, digits, tmp_path):
-    # the ViT's LayerNorms do not lower to XNNPACK here: one portable op per nn.LayerNorm
+    # the ViT's LayerNorms do not lower to XNNPACK here: one portable op per nn.LayerNorm, and
+    # nothing else (attention was traced through its explicit softmax path, not fused SDPA)
     qm = quantize_static(vit.model, digits, vit.spec, StaticPTQ(backend="xnnpack", calib=64))
+    n_blocks = sum(hasattr(m, "fused_attn") for m in vit.model.modules())
+    assert any(f"{n_blocks} attention block(s)" in n for n in qm.notes)
+    assert all(m.fused_attn for m in vit.model.modules() if hasattr(m, "fused_attn"))  # restored
     exported = export_pte(qm.module, qm.example, tmp_path / "vit.pte")
     n_norms = sum(isinstance(m, nn.LayerNorm) for m in vit.model.modules())
-    assert exported.portable_ops["native_layer_norm"] == n_norms
+    assert exported.portable_ops == {"native_layer_norm": n_norms}
     assert "native_layer_norm x" in exported.note() and exported.delegated > 0
     # the CNN lowers completely
     qm = quantize_static(cnn.model, digits, cnn.spec, StaticPTQ(backend="xnnpack", calib=64))

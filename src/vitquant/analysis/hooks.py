@@ -132,10 +132,15 @@ def head_name(model: nn.Module) -> str | None:
     return last[0] if last and isinstance(last[1], nn.Linear) else None
 
 
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """timm attention blocks (those with a ``fused_attn`` switch and an ``attn_drop``)."""
+    return [m for m in model.modules() if _has_softmax(m)]
+
+
 @contextmanager
 def unfused_attention(model: nn.Module) -> Iterator[None]:
     """Switch timm attention to the explicit softmax path (restored on exit)."""
-    saved = [(m, m.fused_attn) for m in model.modules() if _has_softmax(m)]
+    saved = [(m, m.fused_attn) for m in attention_modules(model)]
     for m, _ in saved:
         m.fused_attn = False
     try:

@@ -41,7 +41,7 @@ from vitquant.errors import VitquantError
 from vitquant.evaluate import accuracy
 from vitquant.progress import track
 from vitquant.quant.configs import check_backend, check_export
-from vitquant.quant.pt2e import export_model, make_quantizer
+from vitquant.quant.pt2e import edge_friendly_attention, export_model, make_quantizer
 from vitquant.train import TrainConfig, make_optimizer, make_scheduler
 
 BN_TARGETS = (
@@ -240,8 +240,10 @@ def prepare_qat(
 
     if example.shape[0] < 2:  # batch 1 would be specialised
         example = example.repeat(2, 1, 1, 1)
+    model = copy.deepcopy(model)
     try:
-        graph = export_model(copy.deepcopy(model), example)
+        with edge_friendly_attention(model, cfg.backend):
+            graph = export_model(model, example)
     except Exception as exc:  # torch raises many types for untraceable models
         raise VitquantError(
             f"torch.export could not trace the model for QAT ({type(exc).__name__}: "
