@@ -109,6 +109,11 @@ class QuantizeJob:
         if any(b <= 0 for b in self.latency_batches):
             raise VitquantError("latency batch sizes must be > 0.")
         check_export(self.export, self.static.backend)
+        if self.export == "pte" and not any(v.startswith("static") for v in self.variants):
+            raise VitquantError(
+                "--export pte lowers the static int8 variants, and none is requested: use "
+                "--method static or all."
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
