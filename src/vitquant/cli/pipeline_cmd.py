@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from vitquant.cli.app import app, console
@@ -107,7 +108,9 @@ def pipeline(
         table.add_row(r.variant, r.backend, f"{v.val_drop_pts:.2f}", f"{r.accuracy:.4f}",
                       f"{r.drop_pts:.2f}", str(r.float_layers), f"{r.size_mb:.2f}",
                       f"{r.latency_ms_per_image:.3f}", "yes" if r.simulated else "")  # fmt: skip
-    console.print(table)
+    # Wide enough for every column when stdout is not a terminal (rich defaults to 80).
+    wide = console if console.is_terminal else Console(width=max(console.width, 120))
+    wide.print(table)
     for d in run.decisions:
         console.print(f"[bold]{d['step']}[/]: {d['decision']} ({d['reason']})")
     payload = {
@@ -115,5 +118,6 @@ def pipeline(
         "subsets": bundle.sizes(), **run.to_dict(), "plots": [flow_png.name],
     }  # fmt: skip
     path = save_result(directory, "pipeline", payload)
-    console.print(f"final: [bold]{run.final.row.variant}[/] - {run.final_reason}")
+    console.print(f"final: [bold]{run.final.row.variant}[/] ({run.final.row.backend}) - "
+                  f"{run.final_reason}")  # fmt: skip
     console.print(f"wrote {path}")
