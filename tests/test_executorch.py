@@ -143,3 +143,12 @@ def test_a_file_that_is_not_a_program_is_refused(tmp_path):
         PteModel(bad)
     with pytest.raises(VitquantError, match="not found"):
         PteModel(tmp_path / "missing.pte")
+
+
+def test_executorch_installs_beside_the_pinned_torch():
+    from importlib.metadata import version
+
+    # executorch 1.5.1 must not move torch off the pin (pyproject.toml): the wheels here are
+    # built for exactly this torch
+    assert version("executorch") == "1.5.1"
+    assert version("torch") == "2.14.1" and version("torchao") == "0.18.0"
