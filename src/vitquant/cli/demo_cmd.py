@@ -1,8 +1,9 @@
 """`vitquant demo`: the embedded default run on digits, what `make demo` calls.
 
 Trains the digits models if they are not cached, then runs the pipeline on ``digits_vit``,
-compares it with ``digits_cnn`` and writes the HTML report. Each step runs as its own
-``vitquant`` command so the report shows the exact command behind every figure.
+compares it with ``digits_cnn``, takes ``digits_vit`` down the edge path (ExecuTorch's XNNPACK
+quantizer, ``.pte`` programs run by ExecuTorch) and writes the HTML report. Each step runs as its
+own ``vitquant`` command so the report shows the exact command behind every figure.
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ def _steps(out: Path) -> list[list[str]]:
          "--qat-epochs", "2", "--out", str(out / "pipeline"), "--overwrite"],
         ["compare", "digits_vit", "digits_cnn", "--data", "digits", "--out",
          str(out / "compare"), "--overwrite"],
+        ["quantize", "digits_vit", "--data", "digits", "--method", "static", "--quantizer",
+         "xnnpack", "--export", "pte", "--ignore", "auto", "--max-drop", "0.5", "--no-onnx",
+         "--out", str(out / "edge"), "--overwrite"],
         ["report", str(out)],
     ]  # fmt: skip
 
 
 @app.command()
 def demo(out: OutOpt = None) -> None:
-    """Digits end to end: train (if needed) -> pipeline -> compare -> report.html."""
+    """Digits end to end: train (if needed) -> pipeline -> compare -> edge (.pte) ->
+    report.html."""
     out = out or Path("runs") / "demo"
     start = time.perf_counter()
     for name in DEMO_MODELS:
