@@ -247,8 +247,8 @@ def _print(rows: list[dict], title: str, result=None) -> None:
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(
-        f"latency: median after warm-up, {result.threads} intra-op thread(s) for PyTorch and "
-        "ONNX Runtime; score = w_acc*acc + w_size*(1-size/size_fp32) + "
+        f"latency: median after warm-up, {result.threads} thread(s) for PyTorch, ONNX Runtime "
+        "and ExecuTorch (XNNPACK pool); score = w_acc*acc + w_size*(1-size/size_fp32) + "
         "w_speed*(1-lat/lat_fp32)"
     )
 
