@@ -25,3 +25,18 @@ def test_report_loads_in_chromium_with_every_plot(forced_qat_pipeline):
     assert page["console_errors"] == []
     assert page["total"] == page["decoded"] == listed["n_plots"]
     assert (run / "report_screenshot.png").stat().st_size > 10_000
+
+
+def test_report_lists_each_results_table_with_its_notes(tmp_path):
+    from vitquant.report.collect import collect
+    from vitquant.report.html import render
+
+    note = "static .pte: 6 XNNPACK subgraph(s); not lowered (portable kernels): cumsum x2"
+    row = {"variant": "static", "backend": "executorch-xnnpack", "accuracy": 0.8131}
+    (tmp_path / "edge").mkdir()
+    (tmp_path / "edge" / "quantize.json").write_text(
+        json.dumps({"command": "vitquant quantize m", "results": [row], "notes": [note, 3]})
+    )
+    html = render(collect(tmp_path))
+    assert f"<li>{note}</li>" in html and "executorch-xnnpack" in html and "0.8131" in html
+    assert "<li>3</li>" not in html  # only text remarks are listed

@@ -29,6 +29,12 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _notes(doc: dict) -> list[str]:
+    """A result file's remarks (e.g. which operators did not lower to XNNPACK)."""
+    notes = doc.get("notes")
+    return [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+
+
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -46,7 +52,11 @@ def render(contents: RunContents, *, title: str = "vitquant report") -> str:
         docs = [(rel, doc) for rel, doc in contents.documents.items() if _doc_section(rel) == key]
         if plots or docs:
             sections.append({"key": key, "heading": heading, "plots": plots, "docs": docs})
-    tables = [{"source": rel, "rows": rows} for rel, rows in contents.results.items() if rows]
+    tables = [
+        {"source": rel, "rows": rows, "notes": _notes(contents.documents.get(rel, {}))}
+        for rel, rows in contents.results.items()
+        if rows
+    ]
     pipeline = next((doc for rel, doc in contents.documents.items()
                      if Path(rel).name == "pipeline.json"), None)  # fmt: skip
     analyze = next((doc for rel, doc in contents.documents.items()
