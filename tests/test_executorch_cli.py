@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from test_quant_cli import run  # `python -m vitquant ...` in a subprocess
 from vitquant.data import load_data
 from vitquant.evaluate import accuracy
 from vitquant.quant.executorch_backend import PteModel
 from vitquant.registry import load_model
 
 PTE = "executorch-xnnpack"
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vitquant", *args], capture_output=True, text=True, timeout=900
-    )
 
 
 @pytest.fixture(scope="module")
