@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from test_quant_cli import run  # `python -m vitquant ...` in a subprocess
 from vitquant.data import load_data
@@ -70,19 +71,6 @@ def test_bench_reruns_the_pte_programs(quantized):
         (["quantize", "digits_cnn", "--export", "pte"], "--quantizer xnnpack"),
         (["quantize", "digits_cnn", "--quantizer", "arm"], "x86, xnnpack"),
         (["quantize", "digits_cnn", "--quantizer", "xnnpack", "--export", "tflite"], "pte"),
-        (
-            [
-                "quantize",
-                "digits_cnn",
-                "--quantizer",
-                "xnnpack",
-                "--export",
-                "pte",
-                "--method",
-                "dynamic",
-            ],
-            "--method static",
-        ),
         (["qat", "digits_cnn", "--export", "pte"], "--quantizer xnnpack"),
         (["pipeline", "digits_cnn", "--export", "pte"], "--quantizer xnnpack"),
     ],
@@ -138,3 +126,35 @@ def test_pipeline_offers_each_pte_program_to_the_final_choice(tmp_path, digits_m
     final = doc["final"]
     assert (final["variant"], final["backend"]) in rows
     assert f"({final['backend']})" in doc["final_reason"]
+
+
+def test_dynamic_with_xnnpack_is_the_quantizers_dynamic_config_lowered(tmp_path, digits_models):
+    out = tmp_path / "dyn"
+    proc = run("quantize", "digits_vit", "--method", "dynamic", "--quantizer", "xnnpack",
+               "--export", "pte", "--no-onnx", "--threads", "1", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "quantize.json").read_text())
+    rows = {(r["variant"], r["backend"]): r for r in doc["results"]}
+    assert set(rows) == {("fp32", "pytorch"), ("dynamic", "pt2e-xnnpack"), ("dynamic", PTE)}
+    vit = load_model("digits_vit")
+    linears = [n for n, m in vit.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    pt2e, pte = rows[("dynamic", "pt2e-xnnpack")], rows[("dynamic", PTE)]
+    assert pt2e["extra"]["int8"] == linears and pt2e["extra"]["float"] == ["patch_embed.proj"]
+    assert pt2e["extra"]["config"]["is_dynamic"] is True
+    assert abs(pte["extra"]["vs_pytorch_pts"]) <= 0.6 and pte["extra"]["pred_agreement"] >= 0.99
+    # the saved dynamic graph and program reload and score the same
+    proc = run("bench", str(out), "--threads", "1", "--no-lower")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench = {(r["variant"], r["backend"]): r for r in
+             json.loads((out / "bench.json").read_text())["results"]}  # fmt: skip
+    for key in (("dynamic", "pt2e-xnnpack"), ("dynamic", PTE)):
+        assert bench[key]["accuracy"] == pytest.approx(rows[key]["accuracy"])
+
+
+def test_export_without_an_int8_variant_is_refused():
+    from vitquant.errors import VitquantError
+    from vitquant.quant.configs import StaticPTQ
+    from vitquant.quant.run import QuantizeJob
+
+    with pytest.raises(VitquantError, match="none is requested"):
+        QuantizeJob(static=StaticPTQ(backend="xnnpack"), variants=("fp32",), export="pte")

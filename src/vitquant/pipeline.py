@@ -1,7 +1,8 @@
 """The whole study as one flow, recording every figure and the reason for every decision.
 
 float evaluation -> analysis (outliers, change scores) -> static PTQ of all layers -> static PTQ
-keeping the significant outlier layers in float -> accuracy-aware ignore list -> dynamic int8 ->
+keeping the significant outlier layers in float -> accuracy-aware ignore list -> dynamic int8
+(PyTorch's eager dynamic for x86; the quantizer's pt2e dynamic config for xnnpack) ->
 (if the best post-training val drop is still above ``max_drop``) QAT with an Optuna search ->
 final choice.
 
@@ -242,7 +243,7 @@ def run_pipeline(
     from vitquant.quant.auto import select_ignore, sensitivity_ranking
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
     from vitquant.quant.dynamic import quantize_dynamic
-    from vitquant.quant.pt2e import quantize_static, split_int8
+    from vitquant.quant.pt2e import quantize_dynamic_pt2e, quantize_static, split_int8
 
     run = PipelineRun(config=cfg)
     examples = {b: example_batch(bundle, spec, b) for b in (1, 32)}
@@ -348,8 +349,13 @@ def run_pipeline(
                          "detail": "empty: all-int8 static PTQ already within budget"})  # fmt: skip
 
     with _timed(run, "dynamic", log) as rec:
-        dq = quantize_dynamic(model, DynamicPTQ())
-        dy = add("dynamic", "pytorch-dynamic", dq.module, int8=len(dq.int8_layers))
+        if cfg.backend == "x86":
+            dq = quantize_dynamic(model, DynamicPTQ())
+            dy = add("dynamic", "pytorch-dynamic", dq.module, int8=len(dq.int8_layers))
+        else:  # the edge path: the quantizer's own dynamic config, lowered like the rest
+            dq = quantize_dynamic_pt2e(model, examples[32][:8], backend=cfg.backend,
+                                       per_channel=cfg.per_channel)  # fmt: skip
+            dy = add("dynamic", f"pt2e-{cfg.backend}", dq, int8=len(dq.int8_layers))
         rec.update(val_drop_pts=dy.val_drop_pts)
     ptq_node(dy, "dynamic int8 (Linear)")
 

@@ -8,7 +8,8 @@ twin when ``job.onnx``):
 variant        backends           what
 ============== ================== =====================================================
 fp32           pytorch, ort       the float model
-dynamic        pytorch, ort       dynamic int8 (``DynamicPTQ``)
+dynamic        pytorch, ort       dynamic int8 (``DynamicPTQ``); with the XNNPACK quantizer
+               pt2e-Q, [et], ort  pt2e dynamic int8 (``quantize_dynamic_pt2e``)
 static         pt2e-Q, [et], ort  static int8, every Linear/Conv (``StaticPTQ``)
 static-ignore  pt2e-Q, [et], ort  static int8 keeping ``job.ignore`` in float (if given)
 static-auto    pt2e-Q, [et], ort  static int8 keeping ``select_ignore``'s choice in float
@@ -49,7 +50,7 @@ from vitquant.quant.artifacts import (
 from vitquant.quant.auto import AutoResult, outlier_ranking, select_ignore, sweep_top_k
 from vitquant.quant.configs import DynamicPTQ, StaticPTQ, check_export
 from vitquant.quant.dynamic import quantize_dynamic
-from vitquant.quant.pt2e import QuantizedModel, quantize_static
+from vitquant.quant.pt2e import QuantizedModel, quantize_dynamic_pt2e, quantize_static
 from vitquant.quant.scope import IgnoreScope, ResolvedScope
 from vitquant.results import ResultRow, ScoreWeights, finalize
 
@@ -109,10 +110,10 @@ class QuantizeJob:
         if any(b <= 0 for b in self.latency_batches):
             raise VitquantError("latency batch sizes must be > 0.")
         check_export(self.export, self.static.backend)
-        if self.export == "pte" and not any(v.startswith("static") for v in self.variants):
+        if self.export == "pte" and not any(v != "fp32" for v in self.variants):
             raise VitquantError(
-                "--export pte lowers the static int8 variants, and none is requested: use "
-                "--method static or all."
+                "--export pte lowers the int8 variants, and none is requested: use --method "
+                "static, dynamic or all."
             )
 
     def to_dict(self) -> dict:
@@ -241,8 +242,13 @@ def run_variants(
                       artifact=str(fp32_onnx.path)),
             pred, measure_latency(ort, examples))  # fmt: skip
 
+    ctx = _Context(job, bundle, spec, artifacts, add, evaluate, n_test, examples, notes,
+                   fp32_onnx, threads)  # fmt: skip
+
     # dynamic ----------------------------------------------------------------------------------
-    if "dynamic" in job_variants:
+    if "dynamic" in job_variants and job.static.backend != "x86":
+        _dynamic_pt2e_rows(ctx, model)
+    elif "dynamic" in job_variants:
         dq = quantize_dynamic(model, job.dynamic)
         notes.extend(f"dynamic: {n}" for n in dq.notes)
         acc, pred = evaluate(dq.module, "dynamic")
@@ -284,8 +290,6 @@ def run_variants(
             qm = auto.model
         else:
             qm = quantize_static(model, bundle, spec, job.static, ignore=ignored)
-        ctx = _Context(job, bundle, spec, artifacts, add, evaluate, n_test, examples, notes,
-                       fp32_onnx, threads)  # fmt: skip
         _static_rows(ctx, qm, variant, auto if variant == "static-auto" else None)
 
     # top-k outlier sweep ----------------------------------------------------------------------
@@ -365,6 +369,31 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
             percentile=cfg.percentile, calib=cfg.calib, calib_batch=cfg.calib_batch,
         )  # fmt: skip
         _ort_row(add, evaluate, oq, variant, n_test, threads, examples)
+
+
+def _dynamic_pt2e_rows(ctx: _Context, model: nn.Module) -> None:
+    """The dynamic variant with the XNNPACK quantizer: pt2e graph, its ``.pte``, its ORT twin."""
+    backend = ctx.job.static.backend
+    example = next(ctx.bundle.batches("calib", ctx.spec, batch_size=8))[0]
+    qm = quantize_dynamic_pt2e(model, example, backend=backend,
+                               per_channel=ctx.job.static.per_channel)  # fmt: skip
+    acc, pred = ctx.evaluate(qm.module, "dynamic")
+    path = save_pt2e(qm.module, qm.example, ctx.artifacts / "dynamic.pt2")
+    ctx.add(ResultRow(variant="dynamic", backend=f"pt2e-{backend}", accuracy=acc, n=ctx.n_test,
+                      int8_layers=len(qm.int8_layers), float_layers=len(qm.float_layers),
+                      size_mb=file_size_mb(path), simulated=True, artifact=str(path),
+                      extra={"config": qm.config, "int8": qm.int8_layers,
+                             "float": qm.float_layers,
+                             "timed": "eager quantize/dequantize emulation"}),
+            pred, measure_latency(qm.module, ctx.examples))  # fmt: skip
+    if ctx.job.export == "pte":
+        _pte_row(ctx, qm, "dynamic")
+    if ctx.fp32_onnx is not None:
+        from vitquant.quant.onnx_backend import quantize_onnx_dynamic
+
+        oq = quantize_onnx_dynamic(ctx.fp32_onnx, ctx.artifacts / "dynamic.onnx",
+                                   modules=qm.int8_layers)  # fmt: skip
+        _ort_row(ctx.add, ctx.evaluate, oq, "dynamic", ctx.n_test, ctx.threads, ctx.examples)
 
 
 def _pte_row(ctx: _Context, qm: QuantizedModel, variant: str) -> None:
