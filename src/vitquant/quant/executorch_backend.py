@@ -93,7 +93,7 @@ def outside_ops(graph_module: torch.fx.GraphModule) -> tuple[int, dict[str, int]
         if "executorch_call_delegate" in str(node.target):
             delegated += 1
             continue
-        if node.target.__module__ == "_operator" or "getitem" in str(node.target):
+        if getattr(node.target, "__module__", "") == "_operator" or "getitem" in str(node.target):
             continue
         if "sym_size" in str(node.target):
             continue
