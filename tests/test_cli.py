@@ -72,3 +72,11 @@ def test_every_command_explains_its_options():
     for command in commands:
         help_text = run(command, "--help").stdout
         assert "--out" in help_text or command == "models"
+
+
+def test_bracketed_defaults_in_help_texts_are_shown():
+    # help strings are plain text: "[default: ...]" written in a help string must survive
+    text = " ".join(run("quantize", "--help").stdout.split())
+    assert "[default: min(1000, 15% of train)]" in text
+    assert "[default: minmax for x86, histogram for xnnpack]" in text
+    assert "--quantizer" in text and "--export" in text

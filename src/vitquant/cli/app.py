@@ -12,6 +12,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help texts are plain: with rich markup, "[default: all]" in a help string was eaten.
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
