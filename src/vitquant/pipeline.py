@@ -243,7 +243,12 @@ def run_pipeline(
     from vitquant.quant.auto import select_ignore, sensitivity_ranking
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
     from vitquant.quant.dynamic import quantize_dynamic
-    from vitquant.quant.pt2e import quantize_dynamic_pt2e, quantize_static, split_int8
+    from vitquant.quant.pt2e import (
+        inductor_lowers,
+        quantize_dynamic_pt2e,
+        quantize_static,
+        split_int8,
+    )
 
     run = PipelineRun(config=cfg)
     examples = {b: example_batch(bundle, spec, b) for b in (1, 32)}
@@ -255,7 +260,7 @@ def run_pipeline(
         val = accuracy(module, bundle, "val", spec)
         test = accuracy(module, bundle, "test", spec, progress=f"test {variant}")
         measured = measure_variant(variant, module, out / "artifacts", examples,
-                                   lower=cfg.lower and cfg.backend == "x86")  # fmt: skip
+                                   lower=cfg.lower and inductor_lowers(cfg.backend))  # fmt: skip
         lat32 = measured.pop("batch32")
         int8_layers = n_layers - len(ignored) if int8 is None else int8
         row = ResultRow(

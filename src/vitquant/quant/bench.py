@@ -23,6 +23,7 @@ from vitquant.quant.artifacts import (
     measure_latency,
 )
 from vitquant.quant.configs import DynamicPTQ
+from vitquant.quant.pt2e import inductor_lowers
 from vitquant.registry import load_state_dict_strict, read_state_dict
 from vitquant.results import ResultRow, ScoreWeights, finalize
 
@@ -84,7 +85,7 @@ def bench_rows(
         simulated = False
         extra = {"quantize_accuracy": old["accuracy"], "quantize_n": old.get("n")}
         if isinstance(runner, torch.fx.GraphModule):
-            if lower and old["backend"] == "pt2e-x86":  # inductor fuses the x86 patterns only
+            if lower and inductor_lowers(old["backend"]):
                 lat, simulated, error, _ = lowered_latency(runner, examples)
                 if error:
                     extra["lowering_error"] = error

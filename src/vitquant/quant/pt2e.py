@@ -437,6 +437,13 @@ def quantize_static(
     )  # fmt: skip
 
 
+def inductor_lowers(backend: str) -> bool:
+    """Whether inductor turns a graph of this quantizer (``x86`` or a row's ``pt2e-x86``) into
+    int8 kernels: its fusions match the x86 quantizer's patterns only, so other graphs are timed
+    as the eager emulation."""
+    return backend.removeprefix("pt2e-") == "x86"
+
+
 def lower(qm: QuantizedModel | torch.fx.GraphModule, *, freezing: bool = True):
     """Compile a converted graph with inductor so int8 patterns run as int8 kernels (x86).
 

@@ -41,7 +41,12 @@ from vitquant.errors import VitquantError
 from vitquant.evaluate import accuracy
 from vitquant.progress import track
 from vitquant.quant.configs import check_backend, check_export
-from vitquant.quant.pt2e import edge_friendly_attention, export_model, make_quantizer
+from vitquant.quant.pt2e import (
+    edge_friendly_attention,
+    export_model,
+    inductor_lowers,
+    make_quantizer,
+)
 from vitquant.train import TrainConfig, make_optimizer, make_scheduler
 
 BN_TARGETS = (
@@ -720,7 +725,7 @@ def deploy_and_report(
         artifact=str(pt2), simulated=True,
         extra={"best_epoch": result.best_epoch, "best_val_acc": result.best_val},
     )  # fmt: skip
-    if options.latency and options.backend == "x86":
+    if options.latency and inductor_lowers(options.backend):
         lat, simulated, error, agree = lowered_latency(converted, lat_x)
         timed(qrow, lat)
         qrow.simulated = simulated

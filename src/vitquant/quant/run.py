@@ -50,7 +50,12 @@ from vitquant.quant.artifacts import (
 from vitquant.quant.auto import AutoResult, outlier_ranking, select_ignore, sweep_top_k
 from vitquant.quant.configs import DynamicPTQ, StaticPTQ, check_export
 from vitquant.quant.dynamic import quantize_dynamic
-from vitquant.quant.pt2e import QuantizedModel, quantize_dynamic_pt2e, quantize_static
+from vitquant.quant.pt2e import (
+    QuantizedModel,
+    inductor_lowers,
+    quantize_dynamic_pt2e,
+    quantize_static,
+)
 from vitquant.quant.scope import IgnoreScope, ResolvedScope
 from vitquant.results import ResultRow, ScoreWeights, finalize
 
@@ -337,7 +342,7 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
     if auto is not None:
         extra["auto"] = {"val_drop_pts": auto.drop_pts, "met_on_val": auto.met,
                          "max_drop": auto.max_drop, "steps": len(auto.steps)}  # fmt: skip
-    if job.lower and cfg.backend == "x86":
+    if job.lower and inductor_lowers(cfg.backend):
         lat, simulated, error, agree = lowered_latency(qm.module, examples)
         extra["timed"] = "eager (lowering failed)" if simulated else "inductor-lowered int8"
         if error:
@@ -348,7 +353,7 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
     else:
         lat, simulated = measure_latency(qm.module, examples), True
         extra["timed"] = "eager quantize/dequantize emulation"
-        if cfg.backend != "x86":
+        if job.lower:
             extra["timed"] += " (inductor's int8 patterns are the x86 quantizer's)"
     extra["accuracy_from"] = "eager graph (int8 values emulated in fp32)"
     add(ResultRow(variant=variant, backend=f"pt2e-{cfg.backend}", accuracy=acc, n=n_test,
