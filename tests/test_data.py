@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitquant.data import check_compatible, load_data, stratified_subset
+from vitquant.data import ImageReadError, check_compatible, interleave, load_data, stratified_subset
 from vitquant.errors import VitquantError
 from vitquant.registry import get_spec
 
@@ -82,13 +82,10 @@ def test_single_split_folder_draws_roles_disjointly_and_says_so(tmp_path, monkey
     bundle = load_data(tmp_path / "ds", val=4, calib=4)
     assert bundle.sizes() == {"fit": 0, "val": 4, "calib": 4, "test": 12}
     assert "only val/" in bundle.notes[0]
-    # test images are the ones neither val nor calib took
-    used = {
-        tuple(bundle.pool.images[i].flatten().tolist())
-        for i in (*bundle.val_idx, *bundle.calib_idx)
-    }
-    for img in bundle.role("test").images:
-        assert tuple(img.flatten().tolist()) not in used
+    # test images are the files neither val nor calib took
+    used = {bundle.pool.paths[i] for i in (*bundle.val_idx, *bundle.calib_idx)}
+    assert len(used) == 8
+    assert not used & set(bundle.role("test").paths)
 
 
 def test_missing_and_empty_folders_fail_clearly(tmp_path):
@@ -100,13 +97,20 @@ def test_missing_and_empty_folders_fail_clearly(tmp_path):
         load_data(tmp_path / "empty")
 
 
-def test_unreadable_image_is_named(tmp_path, monkeypatch):
+def test_unreadable_image_is_named_when_its_batch_is_read(tmp_path, monkeypatch):
+    """The folder is listed, not decoded: a broken file surfaces when a batch reads it, with its
+    name in one line, from a DataLoader worker process as from the main process."""
     monkeypatch.setenv("VITQUANT_CACHE", str(tmp_path / "cache"))
     _write_folder(tmp_path / "ds", split="test")
     bad = tmp_path / "ds" / "test" / "b" / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(VitquantError, match="broken.jpg"):
-        load_data(tmp_path / "ds")
+    bundle = load_data(tmp_path / "ds", val=0, calib=0)
+    spec = get_spec("timm:test_vit", num_classes=2)
+    for workers in (0, 2):
+        with pytest.raises(ImageReadError, match="broken.jpg") as info:
+            for _ in bundle.batches("test", spec, batch_size=4, workers=workers):
+                pass
+        assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
 
 
 def test_classes_mismatch_is_refused(tmp_path, monkeypatch):
@@ -123,3 +127,22 @@ def test_stratified_subset_proportions():
     assert np.bincount(labels[idx]).tolist() == [10, 10, 10, 10]
     excluded = stratified_subset(labels, 40, seed=1, exclude=idx)
     assert not set(idx) & set(excluded)
+
+
+def test_any_prefix_of_a_role_is_stratified():
+    labels = np.repeat(np.arange(5), 40)
+    idx = stratified_subset(labels, 100, seed=0)
+    for k in (5, 10, 25, 50):
+        assert np.bincount(labels[idx[:k]], minlength=5).tolist() == [k // 5] * 5
+    assert sorted(interleave(np.arange(200), labels)) == list(range(200))
+
+
+def test_clipped_requests_are_notes(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITQUANT_CACHE", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "ds", split="train", per_class=10)
+    _write_folder(tmp_path / "ds", split="test", per_class=3)
+    bundle = load_data(tmp_path / "ds", val=4, calib=70, limit=50)
+    assert bundle.sizes()["calib"] == 16 and bundle.sizes()["test"] == 6
+    assert any("--calib 70 asked, only 16 available" in n for n in bundle.notes)
+    assert any("--limit 50 asked, only 6 available" in n for n in bundle.notes)
+    assert bundle.describe()["notes"] == bundle.notes

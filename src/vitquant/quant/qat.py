@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vitquant.data import DataBundle, random_crop_flip, to_model_input
+from vitquant.data import DataBundle
 from vitquant.errors import VitquantError
 from vitquant.evaluate import accuracy
 from vitquant.progress import track
@@ -433,32 +433,23 @@ def drop_unused_state(graph: torch.fx.GraphModule) -> list[str]:
 # --------------------------------------------------------------------------- the loop
 
 
-def _fit_batches(
-    bundle: DataBundle,
-    fit_split,
-    spec,
-    cfg: QATConfig,
-    epoch: int,
-    ctx: DistContext,
-):
+def _fit_batches(bundle: DataBundle, spec, cfg: QATConfig, epoch: int, ctx: DistContext):
     """This rank's batches of epoch ``epoch``: a seeded permutation of (a subset of) fit, sharded.
 
     Every rank draws the same permutation, keeps every ``world``-th image and the same number of
     them (so the ranks take the same number of steps), in batches of ``batch_size // world``.
     """
-    n = len(fit_split) if cfg.train_limit is None else min(cfg.train_limit, len(fit_split))
-    order = torch.randperm(len(fit_split), generator=torch.Generator().manual_seed(
+    n_fit = len(bundle.fit_idx)
+    n = n_fit if cfg.train_limit is None else min(cfg.train_limit, n_fit)
+    order = torch.randperm(n_fit, generator=torch.Generator().manual_seed(
         cfg.seed * 100_003 + epoch))[:n]  # fmt: skip
     per_rank = n // ctx.world
     mine = order[ctx.rank :: ctx.world][:per_rank]
     batch = max(1, cfg.batch_size // ctx.world)
     aug = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)
-    for start in range(0, per_rank, batch):
-        idx = mine[start : start + batch]
-        x = to_model_input(fit_split.images[idx], spec)
-        if cfg.augment and x.shape[1] == 3:
-            x = random_crop_flip(x, generator=aug)
-        yield x, fit_split.labels[idx]
+    yield from bundle.batches(
+        "fit", spec, batch_size=batch, order=mine, augment=cfg.augment, generator=aug
+    )
 
 
 def _steps(n_fit: int, cfg: QATConfig, world: int) -> int:
@@ -519,7 +510,6 @@ def run_qat(
     ctx = dist_context()
     say = log if ctx.is_main else (lambda s: None)
     torch.manual_seed(cfg.seed)
-    fit_split = bundle.role("fit")
     example, _ = next(bundle.batches("fit", spec, batch_size=2))
     prepared = prepare_qat(model, example, cfg, ignore)
     n_bn = set_graph_mode(prepared, training=True)["batch_norm"]
@@ -535,7 +525,7 @@ def run_qat(
 
     tcfg = cfg.train_config()
     opt = make_optimizer(prepared, tcfg)
-    steps = _steps(len(fit_split), cfg, ctx.world)
+    steps = _steps(len(bundle.fit_idx), cfg, ctx.world)
     sched = make_scheduler(opt, tcfg, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     result = QATResult(world_size=ctx.world)
@@ -559,7 +549,7 @@ def run_qat(
                 bn_frozen = True
                 if n_bn:
                     say(f"epoch {epoch}: BatchNorm statistics frozen")
-            loss = _train_epoch(net, prepared, bundle, fit_split, spec, cfg, epoch, ctx,
+            loss = _train_epoch(net, prepared, bundle, spec, cfg, epoch, ctx,
                                 opt, sched, loss_fn, steps)  # fmt: skip
             _broadcast_buffers(prepared, ctx)
         record = {"epoch": epoch, "loss": loss, "observers_frozen": observers_frozen,
@@ -596,11 +586,11 @@ def run_qat(
     return result
 
 
-def _train_epoch(net, prepared, bundle, fit_split, spec, cfg, epoch, ctx, opt, sched, loss_fn,
+def _train_epoch(net, prepared, bundle, spec, cfg, epoch, ctx, opt, sched, loss_fn,
                  steps) -> float:  # fmt: skip
     """One epoch of this rank's shard; returns the mean loss over all ranks."""
     total = torch.zeros(2, dtype=torch.float64)
-    batches = _fit_batches(bundle, fit_split, spec, cfg, epoch, ctx)
+    batches = _fit_batches(bundle, spec, cfg, epoch, ctx)
     desc = f"QAT epoch {epoch}/{cfg.epochs}"
     for x, y in track(batches, total=steps, description=desc) if ctx.is_main else batches:
         x, y = x.to(ctx.device), y.to(ctx.device)
