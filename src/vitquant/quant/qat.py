@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from vitquant.data import DataBundle
+from vitquant.distributed import DistContext, dist_context
 from vitquant.errors import VitquantError
 from vitquant.evaluate import accuracy
 from vitquant.progress import track
@@ -171,39 +171,6 @@ class QATResult:
 
 
 # --------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in a ``torchrun`` job (world 1 when not distributed)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_context() -> DistContext:
-    """Join the process group that ``torchrun``'s environment describes, if any.
-
-    gloo on CPU, nccl when CUDA is available (one GPU per local rank).
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if world <= 1:
-        return DistContext(device=device)
-    if not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
 
 def _broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
