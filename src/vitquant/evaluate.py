@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vitquant.data import DataBundle
+from vitquant.distributed import DistContext, all_gather_objects, interleave
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -26,17 +27,33 @@ def predict(
     *,
     batch_size: int = 256,
     progress: str | None = None,
+    ctx: DistContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``(N, classes)`` and labels ``(N,)`` of ``model`` on ``role``."""
+    """Logits ``(N, classes)`` and labels ``(N,)`` of ``model`` on ``role``.
+
+    With a distributed ``ctx`` (``torchrun``) each rank runs its shard of the images and every
+    rank gets all ``N`` rows back in the single-process order.
+    """
+    shard = ctx.shard if ctx is not None else None
+    if shard is not None and not ctx.is_main:
+        progress = None
     logits, labels = [], []
-    for x, y in bundle.batches(role, spec, batch_size=batch_size, progress=progress):
+    for x, y in bundle.batches(role, spec, batch_size=batch_size, progress=progress, shard=shard):
         logits.append(model(x).float())
         labels.append(y)
-    return torch.cat(logits), torch.cat(labels)
+    if shard is None:
+        return torch.cat(logits), torch.cat(labels)
+    # A rank with no images (fewer images than ranks) sends None.
+    local = (torch.cat(logits), torch.cat(labels)) if logits else None
+    parts = all_gather_objects(local, ctx)
+    return (
+        interleave([p[0] if p else None for p in parts]),
+        interleave([p[1] if p else None for p in parts]),
+    )
 
 
 def accuracy(model, bundle: DataBundle, role: str, spec, **kw) -> float:
-    """Top-1 accuracy (0-1) of ``model`` on ``role``."""
+    """Top-1 accuracy (0-1) of ``model`` on ``role`` (``kw``: ``predict``'s options, ``ctx``)."""
     if isinstance(model, nn.Module):
         model.eval()
     logits, labels = predict(model, bundle, role, spec, **kw)
