@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vitquant.analysis.hooks import Point, observation_points, observe
+from vitquant.distributed import DistContext
 from vitquant.errors import VitquantError
 
 _BUCKETS = 1 << 16
@@ -95,6 +96,46 @@ def _float32_at_least(v: float) -> float:
     if float(f) < v:
         f = np.nextafter(f, np.float32(np.inf))
     return float(f)
+
+
+def chan_merge(
+    a: tuple[int, float, float], b: tuple[int, float, float]
+) -> tuple[int, float, float]:
+    """Chan et al.'s pairwise merge of ``(count, mean, M2)`` summaries, in float64."""
+    n_a, mean_a, m2_a = a
+    n_b, mean_b, m2_b = b
+    if n_b == 0:
+        return a
+    total = n_a + n_b
+    delta = mean_b - mean_a
+    return total, mean_a + delta * n_b / total, m2_a + (m2_b + delta * delta * n_a * n_b / total)
+
+
+def merge_samples(
+    parts: list[tuple[int, np.ndarray]], size: int, rng: np.random.Generator
+) -> tuple[int, np.ndarray]:
+    """One uniform sample of at most ``size`` values from uniform samples of disjoint streams.
+
+    Args:
+        parts: ``(values seen, sample)`` per stream, each sample of ``min(size, seen)`` values.
+        size: the merged sample's capacity.
+        rng: draws how many values each stream contributes (hypergeometric) and which.
+
+    Returns:
+        ``(values seen in all, merged sample)``.
+    """
+    seen, values = 0, np.empty(0, dtype=np.float32)
+    for m, sample in parts:
+        if m == 0:
+            continue
+        k = min(size, seen + m)
+        # How many of the k slots the new stream wins: hypergeometric over old vs new values.
+        new = int(rng.hypergeometric(m, seen, k)) if seen else k
+        keep = rng.choice(len(values), k - new, replace=False) if k - new else []
+        pick = rng.choice(len(sample), new, replace=False) if new else []
+        values = np.concatenate([values[keep], np.asarray(sample, dtype=np.float32)[pick]])
+        seen += m
+    return seen, values
 
 
 class Reservoir:
@@ -227,12 +268,7 @@ class PointAccumulator:
         xm = x if 1e-15 < scale < 1e15 or scale == 0 else x.double()
         var_b, mean_b = torch.var_mean(xm, correction=0)
         mean_b, m2_b = mean_b.item(), var_b.item() * m
-        # Chan et al.'s pairwise merge of (count, mean, M2), in float64.
-        delta = mean_b - self.mean
-        total = self.n + m
-        self.mean += delta * m / total
-        self.m2 += m2_b + delta * delta * self.n * m / total
-        self.n = total
+        self.n, self.mean, self.m2 = chan_merge((self.n, self.mean, self.m2), (m, mean_b, m2_b))
         absmax = torch.maximum(hi, -lo)
         self.chan_absmax = (
             absmax if self.chan_absmax is None else torch.maximum(self.chan_absmax, absmax)
@@ -382,8 +418,13 @@ def collect_activation_stats(
     sample_size: int = 2000,
     seed: int = 0,
     progress: bool = True,
+    ctx: DistContext | None = None,
 ) -> list[PointStats]:
     """Activation statistics of every observation point over ``role`` (three passes).
+
+    With a distributed ``ctx`` (``torchrun``) each rank streams its shard of the images and the
+    accumulators are merged after every pass (``vitquant.analysis.stats_merge``): every rank
+    returns the statistics of all the images, the exact figures equal to one process's.
 
     Args:
         model: float model; put in eval mode.
@@ -395,7 +436,8 @@ def collect_activation_stats(
         batch_size: images per forward pass.
         sample_size: size of the random value sample and of the outlier sample per point.
         seed: seed of the samples.
-        progress: show a progress bar per pass.
+        progress: show a progress bar per pass (on rank 0).
+        ctx: this process's place in a ``torchrun`` job (None: a single process).
 
     Returns:
         One ``PointStats`` per point, in forward order.
@@ -406,24 +448,39 @@ def collect_activation_stats(
         raise VitquantError(f"no {role} images to analyse; pass --calib N with N > 0.")
     example, _ = next(bundle.batches(role, spec, batch_size=min(batch_size, 2), limit=limit))
     points = observation_points(model, example, family=spec.family)
-    rng = np.random.default_rng(seed)
+    shard = ctx.shard if ctx is not None else None
+    # Each rank samples its own stream with its own generator; the merges draw from a generator
+    # shared by all ranks, seeded apart from every rank's ([seed, world], world > rank).
+    rng = np.random.default_rng(seed if shard is None else [seed, ctx.rank])
+    merge_rng = np.random.default_rng([seed, ctx.world]) if shard is not None else None
     accs = {
         p.point: PointAccumulator(p, threshold=threshold, sample_size=sample_size, rng=rng)
         for p in points
     }
+    if shard is not None:
+        from vitquant.analysis import stats_merge
+
+        progress = progress and ctx.is_main
 
     def run(step: str, update) -> None:
         desc = f"activation stats ({step})" if progress else None
         with observe(model, points, lambda p, out: update(accs[p.point], out)):
             for x, _ in bundle.batches(role, spec, batch_size=batch_size, limit=limit,
-                                       progress=desc):  # fmt: skip
+                                       progress=desc, shard=shard):  # fmt: skip
                 model(x)
 
+    ordered = [accs[p.point] for p in points]
     run("1/3 moments", PointAccumulator.update1)
-    for acc in accs.values():
+    if shard is not None:
+        stats_merge.merge_pass1(ordered, ctx, merge_rng)
+    for acc in ordered:
         acc.begin2()
     run("2/3 quartiles", PointAccumulator.update2)
-    for acc in accs.values():
+    if shard is not None:
+        stats_merge.merge_pass2(ordered, ctx)
+    for acc in ordered:
         acc.end2()
     run("3/3 outliers", PointAccumulator.update3)
-    return [accs[p.point].result() for p in points]
+    if shard is not None:
+        stats_merge.merge_pass3(ordered, ctx, merge_rng)
+    return [acc.result() for acc in ordered]
