@@ -28,6 +28,7 @@ from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
 from vitquant.analysis.hooks import block_names, head_name, layer_kind
+from vitquant.distributed import DistContext, all_reduce_
 from vitquant.errors import VitquantError
 from vitquant.evaluate import QUANTIZABLE
 from vitquant.progress import track
@@ -83,9 +84,13 @@ def layer_names(model: nn.Module) -> list[str]:
 @torch.no_grad()
 def calibrate(
     model: nn.Module, bundle, spec, *, role: str = "calib", limit: int | None = None,
-    batch_size: int = 128,
+    batch_size: int = 128, ctx: DistContext | None = None,
 ) -> dict[str, QParams]:  # fmt: skip
-    """W8A8 qparams of every quantizable layer (input ranges observed on the float model)."""
+    """W8A8 qparams of every quantizable layer (input ranges observed on the float model).
+
+    With a distributed ``ctx`` each rank observes its shard and the ranges are merged (MIN/MAX),
+    so every rank gets the qparams one process would.
+    """
     modules = {n: m for n, m in model.named_modules() if n and isinstance(m, QUANTIZABLE)}
     observers = {n: MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
                  for n in modules}  # fmt: skip
@@ -96,12 +101,21 @@ def calibrate(
     try:
         model.eval()
         seen = 0
-        for x, _ in bundle.batches(role, spec, batch_size=batch_size, limit=limit):
+        shard = ctx.shard if ctx is not None else None
+        for x, _ in bundle.batches(role, spec, batch_size=batch_size, limit=limit, shard=shard):
             model(x)
             seen += len(x)
     finally:
         for h in handles:
             h.remove()
+    if ctx is not None and ctx.world > 1:
+        obs = list(observers.values())
+        lows = all_reduce_(torch.stack([o.min_val.reshape(()) for o in obs]), ctx, "min")
+        highs = all_reduce_(torch.stack([o.max_val.reshape(()) for o in obs]), ctx, "max")
+        for o, lo, hi in zip(obs, lows, highs, strict=True):
+            o.min_val.copy_(lo)
+            o.max_val.copy_(hi)
+        seen = int(all_reduce_(torch.tensor([seen]), ctx, "sum"))
     if seen == 0:
         raise VitquantError(f"no {role} images to calibrate on; pass --calib N with N > 0.")
     out = {}
@@ -147,22 +161,47 @@ def simulate_w8a8(model: nn.Module, qparams: dict[str, QParams], names) -> Itera
 
 
 @torch.no_grad()
-def _logits(model, bundle, spec, role, limit, batch_size) -> torch.Tensor:
-    return torch.cat([
+def _logits(model, bundle, spec, role, limit, batch_size, shard=None) -> torch.Tensor:
+    out = [
         model(x).float()
-        for x, _ in bundle.batches(role, spec, batch_size=batch_size, limit=limit)
+        for x, _ in bundle.batches(role, spec, batch_size=batch_size, limit=limit, shard=shard)
+    ]
+    return torch.cat(out) if out else torch.empty(0, 0)  # (N, classes); a rank may get none
+
+
+def tallies(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Float64 ``[correct, summed KL(ref || this), top-1 agreements with ref]`` over the images.
+
+    Sums, so that ranks holding shards of the images add theirs up (``all_reduce``).
+    """
+    if len(labels) == 0:
+        return torch.zeros(3, dtype=torch.float64)
+    kl = F.kl_div(
+        F.log_softmax(logits, 1), F.log_softmax(ref_logits, 1), log_target=True, reduction="none"
+    )  # (N, classes) float32
+    pred = logits.argmax(1)
+    return torch.stack([
+        (pred == labels).sum().double(), kl.double().sum(),
+        (pred == ref_logits.argmax(1)).sum().double(),
     ])  # fmt: skip
+
+
+def figures(sums: torch.Tensor, n: int) -> tuple[float, float, float]:
+    """``(accuracy, KL per image, agreement)`` from ``tallies`` over ``n`` images.
+
+    The ratios of counts are rounded to float32, as ``(pred == labels).float().mean()`` is.
+    """
+    correct, kl, agree = sums.tolist()
+    return _ratio32(correct, n), max(kl / n, 0.0), _ratio32(agree, n)
+
+
+def _ratio32(count: float, n: int) -> float:
+    return (torch.tensor(count, dtype=torch.float32) / n).item()
 
 
 def compare(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
     """``(accuracy, KL(ref || this) per image, top-1 agreement with ref)``."""
-    acc = (logits.argmax(1) == labels).float().mean().item()
-    kl = F.kl_div(
-        F.log_softmax(logits, 1), F.log_softmax(ref_logits, 1), log_target=True,
-        reduction="batchmean",
-    ).item()  # fmt: skip
-    agree = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
-    return acc, max(kl, 0.0), agree
+    return figures(tallies(ref_logits, logits, labels), len(labels))
 
 
 def per_layer_sensitivity(
@@ -176,6 +215,7 @@ def per_layer_sensitivity(
     calib_limit: int | None = None,
     batch_size: int = 128,
     progress: bool = True,
+    ctx: DistContext | None = None,
 ) -> list[LayerSensitivity]:
     """Accuracy, KL and top-1 agreement with only / all but each layer quantized; ranked.
 
@@ -190,7 +230,10 @@ def per_layer_sensitivity(
             quantize every other quantizable layer.
         calib_limit: calibration images for the activation ranges (default: all of ``calib``).
         batch_size: evaluation batch size.
-        progress: progress bar over layers.
+        progress: progress bar over layers (on rank 0).
+        ctx: this process's place in a ``torchrun`` job (None: a single process). Each rank
+            evaluates its shard of the images and the tallies are summed, so every rank gets
+            the rows of all the images.
 
     Returns:
         One ``LayerSensitivity`` per layer, most sensitive (largest ``only_kl``) first.
@@ -206,28 +249,34 @@ def per_layer_sensitivity(
             f"not quantizable layers of this model: {', '.join(unknown[:5])}. "
             f"Known: {', '.join(everything[:8])}..."
         )
-    labels = bundle.role(role).labels
-    if limit is not None:
-        labels = labels[:limit]
-    if len(labels) == 0:
+    labels = bundle.labels(role, limit=limit)
+    n = len(labels)
+    if n == 0:
         raise VitquantError(f"no {role} images; pass --val N with N > 0.")
-    qparams = calibrate(model, bundle, spec, limit=calib_limit, batch_size=batch_size)
+    shard = ctx.shard if ctx is not None else None
+    if shard is not None:
+        labels = labels[shard[0] :: shard[1]]  # the order of batches(..., shard=shard)
+        progress = progress and ctx.is_main
+    qparams = calibrate(model, bundle, spec, limit=calib_limit, batch_size=batch_size, ctx=ctx)
 
-    def run(names) -> torch.Tensor:
+    def logits(names=()) -> torch.Tensor:
         with simulate_w8a8(model, qparams, names):
-            return _logits(model, bundle, spec, role, limit, batch_size)
+            return _logits(model, bundle, spec, role, limit, batch_size, shard)
 
-    ref = _logits(model, bundle, spec, role, limit, batch_size)
-    float_acc = (ref.argmax(1) == labels).float().mean().item()
-    all_acc, all_kl, _ = compare(ref, run(everything), labels)
+    def measure(out: torch.Tensor) -> tuple[float, float, float]:
+        return figures(all_reduce_(tallies(ref, out, labels), ctx, "sum"), n)
+
+    ref = logits()
+    float_acc = measure(ref)[0]
+    all_acc, all_kl, _ = measure(logits(everything))
     head = head_name(model)
     modules = dict(model.named_modules())
     blocks = block_names(everything)
     rows = []
     items = track(chosen, total=len(chosen), description="sensitivity") if progress else chosen
     for name in items:
-        only = compare(ref, run([name]), labels)
-        all_but = compare(ref, run([n for n in everything if n != name]), labels)
+        only = measure(logits([name]))
+        all_but = measure(logits([other for other in everything if other != name]))
         kind = layer_kind(name, modules[name], head=head)
         rows.append(LayerSensitivity(
             name=name, kind=kind, block=None if kind == "head" else blocks[name][0],
