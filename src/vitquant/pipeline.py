@@ -45,9 +45,16 @@ class PipelineConfig:
         qat_epochs: epochs per QAT trial.
         qat_train_limit: training images per QAT epoch (None: all fit images).
         force_qat: run the QAT branch even when post-training meets the budget.
-        sensitivity_limit: val images for the per-layer sensitivity ranking (None: all val).
+        sensitivity_limit: val images for the per-layer ranking (None: all val).
+        ranking: how layers are ranked for the accuracy-aware ignore list: ``sensitivity`` (the
+            end-to-end analysis, two val evaluations per layer), ``sqnr`` (each layer's own W8A8
+            output SQNR, one pass) or ``auto`` (``sensitivity`` when it is estimated to take at
+            most ``RANKING_BUDGET_S`` seconds from the fp32 step's speed, else ``sqnr``).
+        search: ``bisect`` (binary search on the number of float layers, ~log2(layers) steps)
+            or ``linear`` (one more layer per step).
         lower: time pt2e variants after inductor lowering (else the eager emulation is timed
             and the rows say ``simulated``).
+        qat: False skips the QAT branch whatever the drop (``--no-qat``); the skip is recorded.
     """
 
     max_drop: float = 1.0
@@ -63,11 +70,31 @@ class PipelineConfig:
     force_qat: bool = False
     sensitivity_limit: int | None = None
     lower: bool = True
+    ranking: str = "auto"
+    search: str = "bisect"
+    qat: bool = True
 
     def __post_init__(self) -> None:
+        from vitquant.errors import VitquantError
         from vitquant.quant.configs import check_backend, check_export
 
         check_export(self.export, check_backend(self.backend))
+        if self.ranking not in ("auto", "sensitivity", "sqnr"):
+            raise VitquantError(f"ranking {self.ranking!r}: use auto, sensitivity or sqnr.")
+        if self.search not in ("bisect", "linear"):
+            raise VitquantError(f"search {self.search!r}: use bisect or linear.")
+
+
+# The end-to-end sensitivity ranking is used when its estimated cost is at most this.
+RANKING_BUDGET_S = 120.0
+
+
+def ranking_method(cfg: PipelineConfig, *, n_layers: int, n_val: int, s_per_image: float):
+    """``(method, estimated seconds of the sensitivity analysis)`` for the ignore-list search."""
+    estimate = 2 * n_layers * n_val * s_per_image
+    if cfg.ranking != "auto":
+        return cfg.ranking, estimate
+    return ("sensitivity" if estimate <= RANKING_BUDGET_S else "sqnr"), estimate
 
 
 @dataclass
@@ -136,12 +163,19 @@ def significant_modules(stats, quantizable: list[str]) -> list[str]:
 
 
 def measure_variant(
-    variant: str, module, artifacts: Path, examples: dict, *, lower: bool = True
+    variant: str,
+    module,
+    artifacts: Path,
+    examples: dict,
+    *,
+    lower: bool = True,
+    lowered=None,
 ) -> dict:
     """Save ``module`` under ``artifacts`` and time it: the size and latency fields of a row.
 
-    pt2e graphs are timed after inductor lowering (``simulated`` when lowering fails and the
-    eager quantize/dequantize emulation is timed instead); eager modules are timed as they are.
+    pt2e graphs are timed after inductor lowering (``lowered``: an already compiled
+    ``LoweredModel``; else one is compiled here), ``simulated`` when lowering fails and the eager
+    quantize/dequantize emulation is timed instead; eager modules are timed as they are.
     """
     from vitquant.quant.artifacts import (
         lowered_latency,
@@ -155,7 +189,9 @@ def measure_variant(
     if isinstance(graph, torch.fx.GraphModule):
         example = module.example if isinstance(module, QuantizedModel) else examples[32][:8]
         path = save_pt2e(graph, example, artifacts / f"{variant}.pt2")
-        if lower:
+        if lowered is not None:
+            lat, simulated = measure_latency(lowered, examples), False
+        elif lower:
             lat, simulated, _, _ = lowered_latency(graph, examples)
             torch._dynamo.reset()
         else:
@@ -168,6 +204,25 @@ def measure_variant(
         "latency_batch": 1, "latency_threads": torch.get_num_threads(), "simulated": simulated,
         "batch32": lat[32],
     }  # fmt: skip
+
+
+def lowered_runner(module, examples: dict, log: Callable[[str], None]):
+    """``(LoweredModel, agreement)`` for an x86 pt2e variant, or ``(None, None)`` when inductor
+    cannot compile it. ``agreement`` is the share of a 32-image batch on which the lowered
+    model's argmax equals the eager emulation's: the two compute the same int8 arithmetic, up to
+    rounding order."""
+    from vitquant.quant.lowered import LoweredModel
+
+    try:
+        lowered = LoweredModel(module)
+        with torch.no_grad():
+            x = examples[32]
+            agree = (lowered(x).argmax(1) == module(x).argmax(1)).float().mean().item()
+        return lowered, agree
+    except Exception as exc:  # no compiler, an unsupported pattern, ...
+        log(f"inductor could not lower this variant ({type(exc).__name__}); measuring the "
+            "eager emulation instead")  # fmt: skip
+        return None, None
 
 
 def pte_variant(
@@ -240,7 +295,7 @@ def run_pipeline(
         qat_search: ``qat_search() -> (converted_module, details)`` - the QAT branch.
     """
     from vitquant.layers import quantizable_names
-    from vitquant.quant.auto import select_ignore, sensitivity_ranking
+    from vitquant.quant.auto import select_ignore, sensitivity_ranking, sqnr_ranking
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
     from vitquant.quant.dynamic import quantize_dynamic
     from vitquant.quant.pt2e import (
@@ -256,17 +311,31 @@ def run_pipeline(
     names = quantizable_names(model)
     static_cfg = StaticPTQ(backend=cfg.backend, per_channel=cfg.per_channel, observer=cfg.observer)
 
+    lowers = cfg.lower and inductor_lowers(cfg.backend)
+
     def add(variant: str, backend: str, module, *, ignored=(), int8=None, extra=None) -> Variant:
-        val = accuracy(module, bundle, "val", spec)
-        test = accuracy(module, bundle, "test", spec, progress=f"test {variant}")
+        extra = dict(extra or {})
+        runner, lowered = module, None
+        if lowers and backend.startswith("pt2e"):
+            # Val and test on the compiled int8 model: what is deployed and timed, ~10x faster
+            # than the eager emulation at 224 px.
+            lowered, agree = lowered_runner(module, examples, log)
+            if lowered is not None:
+                runner = lowered
+                extra.update(accuracy_on="inductor-lowered int8 kernels",
+                             lowered_vs_eager_agreement=agree)  # fmt: skip
+        val = accuracy(runner, bundle, "val", spec)
+        test = accuracy(runner, bundle, "test", spec, progress=f"test {variant}")
         measured = measure_variant(variant, module, out / "artifacts", examples,
-                                   lower=cfg.lower and inductor_lowers(cfg.backend))  # fmt: skip
+                                   lower=lowers, lowered=lowered)  # fmt: skip
+        if lowered is not None:
+            torch._dynamo.reset()
         lat32 = measured.pop("batch32")
         int8_layers = n_layers - len(ignored) if int8 is None else int8
         row = ResultRow(
             variant=variant, backend=backend, accuracy=test, n=len(bundle.test_idx),
             int8_layers=int8_layers, float_layers=n_layers - int8_layers, ignored=list(ignored),
-            extra={"val_acc": val, "latency_ms_per_image_batch32": lat32, **(extra or {})},
+            extra={"val_acc": val, "latency_ms_per_image_batch32": lat32, **extra},
             **measured,
         )  # fmt: skip
         fp32_val = run.variants[0].val_acc if run.variants else val
@@ -280,7 +349,10 @@ def run_pipeline(
         return v
 
     with _timed(run, "fp32", log) as rec:
+        t0 = time.perf_counter()
         fp32 = add("fp32", "pytorch", model, int8=0)
+        # seconds per image of a float evaluation (upper bound: includes timing and saving)
+        s_per_image = (time.perf_counter() - t0) / max(1, len(bundle.val_idx) + fp32.row.n)
         rec.update(val_acc=fp32.val_acc, test_acc=fp32.row.accuracy)
     detail = f"val {fp32.val_acc:.4f} | test {fp32.row.accuracy:.4f}"
     run.flow.append({"label": "fp32", "status": "info", "detail": detail})
@@ -325,16 +397,45 @@ def run_pipeline(
             run.flow.append({"label": "static PTQ ignoring outlier layers", "status": "skip",
                              "detail": "skipped: no significant layer"})  # fmt: skip
 
+    def lowered_val(qm) -> float:
+        """Val accuracy of a search step, on the inductor-lowered model when x86 lowers."""
+        if lowers:
+            from vitquant.quant.lowered import LoweredModel
+
+            try:
+                acc = accuracy(LoweredModel(qm), bundle, "val", spec)
+                torch._dynamo.reset()
+                return acc
+            except Exception:  # no compiler, unsupported pattern: the emulation below
+                torch._dynamo.reset()
+        return accuracy(qm.module, bundle, "val", spec)
+
     with _timed(run, "static-auto", log) as rec:
-        # The per-layer ranking costs ~2 evaluations per layer: only when all-int8 misses.
-        ranking = (
-            sensitivity_ranking(model, bundle, spec, limit=cfg.sensitivity_limit)
-            if st.val_drop_pts > cfg.max_drop
-            else []
-        )
+        ranking = []
+        if st.val_drop_pts > cfg.max_drop:  # rank only when all-int8 misses the budget
+            n_rank = len(bundle.val_idx) if cfg.sensitivity_limit is None else min(
+                cfg.sensitivity_limit, len(bundle.val_idx))  # fmt: skip
+            method, estimate = ranking_method(cfg, n_layers=n_layers, n_val=n_rank,
+                                              s_per_image=s_per_image)  # fmt: skip
+            t_rank = time.perf_counter()
+            if method == "sensitivity":
+                ranking = sensitivity_ranking(model, bundle, spec, limit=cfg.sensitivity_limit)
+            else:
+                ranking = sqnr_ranking(model, bundle, spec, limit=cfg.sensitivity_limit)
+            rec.update(
+                ranking_method=method, ranking_seconds=round(time.perf_counter() - t_rank, 2)
+            )
+            run.decide("static-auto", f"ranked layers by {method}",
+                       f"the end-to-end sensitivity analysis would take ~{estimate:.0f} s "
+                       f"(2 x {n_layers} layers x {n_rank} val images); "
+                       + ("within" if estimate <= RANKING_BUDGET_S else "over")
+                       + f" the {RANKING_BUDGET_S:.0f} s budget" if cfg.ranking == "auto"
+                       else f"--ranking {method}")  # fmt: skip
         auto = select_ignore(model, bundle, spec, static_cfg, max_drop=cfg.max_drop,
-                             ranking=ranking, log=log)  # fmt: skip
-        rec.update(steps=auto.steps, ignored=auto.ignored, met=auto.met)
+                             ranking=ranking, search=cfg.search, evaluate=lowered_val,
+                             fp32_val_acc=fp32.val_acc, start=(st.module, st.val_acc),
+                             log=log)  # fmt: skip
+        rec.update(steps=auto.steps, ignored=auto.ignored, met=auto.met, search=cfg.search)
         if auto.ignored:
             sa = add(
                 "static-auto", f"pt2e-{cfg.backend}", auto.model, ignored=auto.ignored,
@@ -368,7 +469,10 @@ def run_pipeline(
     need_qat = best_ptq.val_drop_pts > cfg.max_drop or cfg.force_qat
     reason = (f"best post-training val drop {best_ptq.val_drop_pts:.2f} pts "
               f"({best_ptq.row.variant}) vs budget {cfg.max_drop} pts")  # fmt: skip
-    if need_qat and qat_search is not None:
+    if not cfg.qat:
+        run.decide("qat", "skipped", f"QAT skipped: --no-qat ({reason})")
+        run.flow.append({"label": "QAT + Optuna", "status": "skip", "detail": "skipped: --no-qat"})
+    elif need_qat and qat_search is not None:
         run.decide("qat", "run QAT with an Optuna search", reason
                    + (" (forced)" if cfg.force_qat and best_ptq.val_drop_pts <= cfg.max_drop
                       else ""))  # fmt: skip

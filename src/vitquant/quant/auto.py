@@ -3,8 +3,13 @@
 Every choice here is measured on the ``val`` role (images from the train split that were never
 trained or calibrated on), never on ``test``.
 
-- ``select_ignore``: walk a ranking (most sensitive first), adding one layer at a time to the
-  float set until the static-int8 model's val drop is within ``max_drop`` points.
+- ``select_ignore``: the fewest top-ranked layers (most sensitive first) to keep in float so that
+  the static-int8 model's val drop is within ``max_drop`` points: walking the ranking one layer
+  at a time (``search="linear"``), or bisecting on the number of layers (``search="bisect"``:
+  about log2(layers) quantizations instead of up to one per layer; exact when keeping more
+  layers in float never hurts, which is what a ranking assumes anyway).
+- ``sqnr_ranking``: a one-pass ranking by each layer's own W8A8 output SQNR, for models where
+  the full sensitivity analysis (two evaluations per layer) costs too much.
 - ``sweep_top_k``: the study's experiment - keep the ``k`` layers with the most activation
   outliers in float, for each ``k``, and record accuracy against ``k``.
 """
@@ -73,6 +78,22 @@ def sensitivity_ranking(model: nn.Module, bundle: DataBundle, spec, *, limit: in
     return [r.name for r in ranked if r.name in names]
 
 
+def sqnr_ranking(
+    model: nn.Module,
+    bundle: DataBundle,
+    spec,
+    *,
+    limit: int | None = None,
+    calib_limit: int | None = None,
+) -> list[str]:
+    """Quantizable layers ranked by their W8A8 output SQNR on val, lowest first (one pass)."""
+    from vitquant.analysis.layer_sqnr import layer_sqnr
+
+    names = set(quantizable_names(model))
+    rows = layer_sqnr(model, bundle, spec, role="val", limit=limit, calib_limit=calib_limit)
+    return [r.name for r in rows if r.name in names]
+
+
 def outlier_ranking(model: nn.Module, bundle: DataBundle, spec, *, limit: int | None = None):
     """Quantizable layers ranked by the outlier share of their activations, most first.
 
@@ -110,9 +131,13 @@ def select_ignore(
     max_layers: int | None = None,
     base_ignore: Iterable[str] = (),
     val_limit: int | None = None,
+    search: str = "linear",
+    evaluate: Callable[[QuantizedModel], float] | None = None,
+    fp32_val_acc: float | None = None,
+    start: tuple[QuantizedModel, float] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> AutoResult:
-    """Keep the fewest top-ranked layers in float until the val drop is <= ``max_drop`` points.
+    """Keep the fewest top-ranked layers in float so that the val drop is <= ``max_drop`` points.
 
     Args:
         model: the float model.
@@ -122,41 +147,57 @@ def select_ignore(
         max_drop: accuracy budget in percentage points (fp32 val acc - int8 val acc).
         ranking: module names, most sensitive first; default the sensitivity analysis on val
             (computed only when step 0 misses the budget).
-        max_layers: stop after this many float layers (default: the whole ranking).
+        max_layers: at most this many float layers (default: the whole ranking).
         base_ignore: modules always kept in float (e.g. the user's ignore list).
         val_limit: measure on the first ``val_limit`` val images only.
+        search: ``linear`` (add one layer per step) or ``bisect`` (binary search on the number
+            of float layers; first tries the largest, so an unreachable budget costs one step).
+        evaluate: ``evaluate(quantized_model) -> val accuracy`` (default: the converted graph
+            run eagerly on val); the pipeline passes one that runs the inductor-lowered model.
+        fp32_val_acc: the float model's val accuracy, when already measured.
+        start: ``(model, val accuracy)`` of step 0 (``base_ignore`` in float, the rest int8),
+            when already measured - the pipeline's ``static`` variant.
         log: called with one line per step.
 
     Returns:
-        An ``AutoResult``; ``met`` is False when even the whole ranking misses the budget (the
-        last step is returned then).
+        An ``AutoResult``; ``met`` is False when even the whole ranking misses the budget (that
+        step is returned then).
     """
     if max_drop < 0:
         raise VitquantError(f"--max-drop must be >= 0 points (got {max_drop}).")
+    if search not in ("linear", "bisect"):
+        raise VitquantError(f"unknown search {search!r}: use linear or bisect.")
     known = set(quantizable_names(model))
     base = list(dict.fromkeys(base_ignore))
 
     def val_acc(m) -> float:
         return _accuracy(m, bundle, spec, "val", val_limit)
 
-    fp32 = val_acc(model)
+    fp32 = val_acc(model) if fp32_val_acc is None else fp32_val_acc
     steps: list[dict] = []
+    models: dict[int, QuantizedModel] = {}  # step -> model, for the steps that may be chosen
 
-    def step(ignored: list[str], added: str | None):
-        qm = quantize_static(model, bundle, spec, cfg, ignore=ignored)
-        acc = val_acc(qm.module)
+    def step(ignored: list[str], added: str | None) -> float:
+        if start is not None and not steps:
+            qm, acc = start
+        else:
+            qm = quantize_static(model, bundle, spec, cfg, ignore=ignored)
+            acc = evaluate(qm) if evaluate is not None else val_acc(qm.module)
         drop = round((fp32 - acc) * 100, 4)
         steps.append({"step": len(steps), "ignored": ignored, "added": added, "val_acc": acc,
                       "drop_pts": drop})  # fmt: skip
+        models[len(steps) - 1] = qm
         if log:
             what = f"+ {added}" if added else ("all layers int8" if not ignored else "base list")
+            if search == "bisect" and len(ignored) > len(base):
+                what = f"top {len(ignored) - len(base)} in float"
             log(f"step {len(steps) - 1}: {what}: val acc {acc:.4f}, drop {drop:.2f} pts")
-        return qm, drop
+        return drop
 
     # Step 0 first: when everything int8 is already within budget no ranking is needed (the
     # sensitivity analysis costs 2 evaluations per layer).
-    qm, drop = step(list(base), None)
-    if drop > max_drop:
+    chosen = 0
+    if step(list(base), None) > max_drop:
         if ranking is None:
             ranking = sensitivity_ranking(model, bundle, spec, limit=val_limit)
         ranking = list(dict.fromkeys(ranking))
@@ -165,16 +206,39 @@ def select_ignore(
             raise VitquantError(f"ranking names non-quantizable layers: {', '.join(unknown[:5])}.")
         ranking = [r for r in ranking if r not in base]
         limit = len(ranking) if max_layers is None else min(max_layers, len(ranking))
-        for k in range(1, limit + 1):
-            qm, drop = step(base + ranking[:k], ranking[k - 1])
-            if drop <= max_drop:
-                break
-    last = steps[-1]
+        if search == "linear":
+            for k in range(1, limit + 1):
+                chosen = len(steps)
+                if step(base + ranking[:k], ranking[k - 1]) <= max_drop:
+                    break
+        elif limit > 0:
+            chosen = _bisect(lambda k: step(base + ranking[:k], ranking[k - 1]) <= max_drop,
+                             limit, lambda: len(steps) - 1)  # fmt: skip
+        for k in list(models):  # free the models that were not chosen
+            if k != chosen:
+                del models[k]
+    last = steps[chosen]
     return AutoResult(
         ignored=last["ignored"], steps=steps, fp32_val_acc=fp32, val_acc=last["val_acc"],
         drop_pts=last["drop_pts"], max_drop=max_drop, met=last["drop_pts"] <= max_drop,
-        ranking=list(ranking or []), model=qm,
+        ranking=list(ranking or []), model=models[chosen],
     )  # fmt: skip
+
+
+def _bisect(good: Callable[[int], bool], hi: int, current_step: Callable[[], int]) -> int:
+    """The step index of the smallest ``k`` in ``1..hi`` with ``good(k)``, assuming ``good`` is
+    monotone; ``hi`` itself is tried first (if it fails, its step is returned)."""
+    if not good(hi):
+        return current_step()
+    best_k, best_step = hi, current_step()
+    lo = 1
+    while lo < best_k:
+        mid = (lo + best_k) // 2
+        if good(mid):
+            best_k, best_step = mid, current_step()
+        else:
+            lo = mid + 1
+    return best_step
 
 
 def sweep_top_k(

@@ -1,0 +1,55 @@
+"""A converted pt2e graph compiled once by inductor and run on its int8 kernels, at any batch.
+
+Why: run eagerly, a converted graph *emulates* int8 (quantize/dequantize around float kernels)
+and is no faster than fp32 - DeiT-S at 224 px takes about as long per image as the float model.
+Compiled by inductor (x86) the same graph runs oneDNN int8 kernels, about 10x faster here. So the
+pipeline measures each x86 variant's val and test accuracy on the lowered model - the thing that
+is deployed and timed - instead of on the emulation, and compiles each variant once.
+
+Inductor compiles one static graph per input shape (``dynamic=False``; its dynamic-shape int8
+kernels failed a stride check on the second shape). ``LoweredModel`` therefore runs every batch
+in chunks of ``chunk`` images, padding the last chunk by repeating its last image, so an
+evaluation compiles one shape whatever the role's size; latency at batch 1 compiles a second.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vitquant.quant.pt2e import QuantizedModel, lower
+
+
+class LoweredModel:
+    """``gm`` compiled by inductor; ``__call__`` takes any batch size.
+
+    Args:
+        qm: a converted graph (or the ``QuantizedModel`` holding it).
+        chunk: images per compiled call for batches larger than one.
+
+    Raises:
+        Exception: whatever ``torch.compile`` raises on the first call (callers fall back to the
+            emulation and mark the row ``simulated``).
+    """
+
+    def __init__(self, qm: QuantizedModel | torch.fx.GraphModule, *, chunk: int = 32) -> None:
+        self.graph = qm.module if isinstance(qm, QuantizedModel) else qm
+        self.chunk = chunk
+        self.compiled = lower(self.graph)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n == 1:
+            return self.compiled(x)
+        outs = []
+        for start in range(0, n, self.chunk):
+            part = x[start : start + self.chunk]
+            k = part.shape[0]
+            if k < self.chunk:  # pad to the compiled shape; the padding rows are dropped
+                pad = part[-1:].expand(self.chunk - k, *part.shape[1:])
+                part = torch.cat([part, pad])
+            outs.append(self.compiled(part)[:k])
+        return torch.cat(outs)
+
+    def eval(self) -> LoweredModel:  # evaluate.accuracy calls .eval() on nn.Modules only
+        return self
