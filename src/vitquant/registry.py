@@ -9,6 +9,7 @@ weights is the worst failure this tool can have).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vitquant.errors import VitquantError
+from vitquant.errors import HeadMismatchError, VitquantError
 from vitquant.paths import assets_dir, cache_dir
 
 CIFAR10_CLASSES = (
@@ -77,6 +78,9 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# Names of the last Linear, the classifier: timm's ``head`` / ``head.fc``, ResNet's ``fc``,
+# MobileNet's ``classifier`` / ``classifier.1``, CIFAR ResNets' ``linear``.
+CLASSIFIER = re.compile(r"(^|\.)(head|fc|classifier|linear)(\.fc|\.\d+)?\.weight$")
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -126,22 +130,75 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a plain state_dict (safe loading: ``weights_only=True``).
 
     Accepts a plain state_dict, ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers, and strips
-    the ``module.`` prefix DataParallel adds.
+    the ``module.`` prefix DataParallel adds. Anything else (a pickled ``nn.Module``, a corrupt
+    file) is refused with one line naming the file and the fix, not torch's advice to set
+    ``weights_only=False``.
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle of arbitrary objects, ...
-        raise VitquantError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise VitquantError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from exc
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise VitquantError(f"{path} does not hold a state_dict of tensors.")
+    if not isinstance(obj, dict):
+        raise VitquantError(
+            f"{path} holds a {type(obj).__name__}, not a state_dict of tensors; "
+            f"save model.state_dict() instead."
+        )
+    odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise VitquantError(
+            f"{path} is not a state_dict of tensors ({odd[0]!r} holds a "
+            f"{type(obj[odd[0]]).__name__}); save model.state_dict() instead."
+        )
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return obj
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a clause (torch's text is 12 lines)."""
+    text = str(exc)
+    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if pickled:
+        return (
+            f"it holds a pickled {pickled.group(1)} object, not a state_dict of tensors; "
+            "save model.state_dict() instead (torch.save(model.state_dict(), PATH))."
+        )
+    return (
+        "it is not a PyTorch state_dict file (corrupt, truncated or another format); pass a "
+        "file written by torch.save(model.state_dict(), PATH)."
+    )
+
+
+def classifier_mismatch(
+    model: nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+    """The classifier weight whose size is the only difference between ``state`` and ``model``.
+
+    Returns ``(key, checkpoint shape, model shape)`` when the checkpoint fits the model except
+    for the number of rows of one 2-D weight named like a classifier (``head``, ``fc``,
+    ``classifier``, ``linear``) and its bias; None otherwise (no mismatch, or a different
+    architecture, which ``load_state_dict_strict`` describes).
+    """
+    own = model.state_dict()
+    if set(own) - set(state) - {k for k in own if k.endswith("num_batches_tracked")}:
+        return None
+    if set(state) - set(own):
+        return None
+    differ = [k for k in own if k in state and state[k].shape != own[k].shape]
+    heads = [k for k in differ if CLASSIFIER.search(k) and own[k].dim() == 2]
+    if len(heads) != 1:
+        return None
+    key = heads[0]
+    ours, theirs = tuple(own[key].shape), tuple(state[key].shape)
+    bias = key.removesuffix("weight") + "bias"
+    if set(differ) - {key, bias} or len(theirs) != 2 or theirs[1] != ours[1]:
+        return None
+    return key, theirs, ours
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -221,7 +278,21 @@ def load_model(
     if not path.is_file():
         hint = spec.trainable_hint or "pass --checkpoint PATH"
         raise VitquantError(f"checkpoint for {name} not found at {path}. {hint}")
-    load_state_dict_strict(model, read_state_dict(path), str(path))
+    state = read_state_dict(path)
+    head = classifier_mismatch(model, state)
+    if head is not None:
+        key, theirs, ours = head
+        fix = (
+            f"pass --num-classes {theirs[0]} with data of {theirs[0]} classes, or a checkpoint "
+            f"for {ours[0]} classes."
+            if spec.timm_name
+            else f"pass a checkpoint of {name} trained for its {ours[0]} classes."
+        )
+        needs = "" if spec.timm_name else f"{name} predicts {ours[0]} classes"
+        raise HeadMismatchError(
+            source=str(path), key=key, shape=theirs, model_classes=ours[0], fix=fix, needs=needs
+        )
+    load_state_dict_strict(model, state, str(path))
     return LoadedModel(model.eval(), spec, str(path))
 
 
