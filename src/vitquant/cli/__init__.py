@@ -21,13 +21,18 @@ from vitquant.cli import (  # noqa: F401  (each module registers its commands)
 )
 from vitquant.cli.app import app, err_console
 from vitquant.errors import VitquantError
+from vitquant.quiet import apply, verbose_requested
 
 
 def main() -> None:
+    # Decided before any command imports torchao/ONNX Runtime (some warn on import); Typer's
+    # --verbose callbacks confirm it once the command line is parsed.
+    apply(verbose=verbose_requested(sys.argv[1:]))
     try:
         app()
     except VitquantError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # soft_wrap: one line however long, so `2>err.txt` and grep see the whole message.
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

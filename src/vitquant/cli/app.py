@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from vitquant.cli.common import VerboseOpt
+
 app = typer.Typer(
     name="vitquant",
     help="Why does my ViT lose accuracy when quantized, and what is the best int8 model I can get?"
@@ -17,3 +19,10 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+@app.callback()
+def _options(verbose: VerboseOpt = False) -> None:
+    # Options before the command name (`vitquant --verbose quantize ...`); each command takes
+    # --verbose too. The option's callback does the work.
+    pass

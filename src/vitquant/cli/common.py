@@ -10,9 +10,28 @@ from typing import Annotated
 import typer
 
 from vitquant.data import DataBundle, check_compatible, load_data
+from vitquant.errors import HeadMismatchError
 from vitquant.io import check_writable, write_json
+from vitquant.quiet import apply, verbose_requested
 from vitquant.registry import LoadedModel, load_model
 
+
+def apply_verbosity(verbose: bool) -> bool:
+    """``--verbose``'s callback: third-party warnings and log lines are hidden unless asked."""
+    apply(verbose=verbose or verbose_requested())
+    return verbose
+
+
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="Show third-party warnings and log lines (torch, inductor, ONNX Runtime), hidden "
+        "by default (also VITQUANT_VERBOSE=1).",
+        callback=apply_verbosity,
+        is_eager=True,
+    ),
+]
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -33,27 +52,31 @@ RandomOpt = Annotated[
 ]
 NumClassesOpt = Annotated[
     int | None,
-    typer.Option(help="timm:<name> only: classifier size (default: the number of data classes)."),
+    typer.Option(
+        min=1, help="timm:<name> only: classifier size (default: the number of data classes)."
+    ),
 ]
 DataOpt = Annotated[
     str,
     typer.Option(help="digits (embedded), cifar10 ($VITQUANT_ASSETS), or an ImageFolder path."),
 ]
-CalibOpt = Annotated[int, typer.Option(help="Calibration images (from train, disjoint from val).")]
+CalibOpt = Annotated[
+    int, typer.Option(min=0, help="Calibration images (from train, disjoint from val).")
+]
 ValOpt = Annotated[
     int | None,
-    typer.Option(help="Validation images from train, used for every choice [default: "
-                      "min(1000, 15% of train)]."),
+    typer.Option(min=0, help="Validation images from train, used for every choice [default: "
+                             "min(1000, 15% of train)]."),
 ]  # fmt: skip
 LimitOpt = Annotated[
-    int | None, typer.Option(help="Stratified subset of the test split [default: all].")
+    int | None, typer.Option(min=1, help="Stratified subset of the test split [default: all].")
 ]
 SeedOpt = Annotated[int, typer.Option(help="Seed of every data subset.")]
 OutOpt = Annotated[
     Path | None, typer.Option(help="Output folder [default: runs/<command>/<model>].")
 ]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing result file in --out.")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads [default: all cores].")]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads [default: all cores].")]
 QuantizerOpt = Annotated[
     str,
     typer.Option(
@@ -108,15 +131,42 @@ def model_and_data(
     limit: int | None,
     seed: int,
 ) -> tuple[LoadedModel, DataBundle]:
+    """The model (weights loaded strictly) and the data bundle, checked against each other.
+
+    An embedded digits model without a cached checkpoint is trained first (about 20 s), unless
+    the weights come from elsewhere (``checkpoint``, ``pretrained``, ``random_weights``).
+    """
     bundle = load_data(data, calib=calib, val=val, limit=limit, seed=seed)
     if model.startswith("timm:") and num_classes is None and not pretrained:
         num_classes = len(bundle.classes)
-    loaded = load_model(
-        model, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights,
-        num_classes=num_classes,
-    )  # fmt: skip
+    ensure_weights(model, checkpoint=checkpoint, pretrained=pretrained,
+                   random_weights=random_weights)  # fmt: skip
+    try:
+        loaded = load_model(
+            model, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights,
+            num_classes=num_classes,
+        )  # fmt: skip
+    except HeadMismatchError as exc:
+        raise exc.for_data(len(bundle.classes)) from None
     check_compatible(bundle, loaded.spec)
     return loaded, bundle
+
+
+def ensure_weights(
+    model: str, *, checkpoint: Path | None, pretrained: bool = False, random_weights: bool = False
+) -> None:
+    """Train an embedded model (digits_vit, digits_cnn) on first use when its weights are needed.
+
+    Only the registered checkpoint is trained, never one named by --checkpoint; the user is told
+    in one line, since the command then takes about 20 s longer.
+    """
+    if checkpoint is not None or pretrained or random_weights:
+        return
+    from vitquant.cli.app import console  # app imports this module: a late import
+    from vitquant.prepare import ensure_trained, trains_on_demand
+
+    if trains_on_demand(model):
+        ensure_trained(model, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
 
 
 def invocation() -> str:

@@ -17,6 +17,8 @@ from vitquant.cli.common import (
     SeedOpt,
     ThreadsOpt,
     ValOpt,
+    VerboseOpt,
+    ensure_weights,
     prepare_out,
     save_result,
 )
@@ -37,15 +39,16 @@ def compare(
     val: ValOpt = None,
     limit: LimitOpt = None,
     stats_images: Annotated[
-        int, typer.Option(help="Calibration images for the activation statistics.")
+        int, typer.Option(min=1, help="Calibration images for the activation statistics.")
     ] = 256,
     threshold: Annotated[
-        float, typer.Option(help="Outlier % above which a point is significant.")
+        float, typer.Option(min=0, max=100, help="Outlier % above which a point is significant.")
     ] = 5.0,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Outliers, ranges and int8 drops of several models on the same data -> compare.json.
 
@@ -56,6 +59,8 @@ def compare(
     directory = prepare_out(out, "compare", "-".join(models), overwrite)
     set_threads(threads)
     bundle = load_data(data, calib=calib, val=val, limit=limit, seed=seed)
+    for name in models:
+        ensure_weights(name, checkpoint=None)
     profiles = [
         profile_model(m, bundle, stats_limit=stats_images, threshold=threshold, log=console.print)
         for m in models

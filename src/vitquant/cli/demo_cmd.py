@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import OutOpt
+from vitquant.cli.common import OutOpt, VerboseOpt
 from vitquant.errors import VitquantError
 from vitquant.prepare import ensure_trained
 
@@ -35,7 +35,7 @@ def _steps(out: Path) -> list[list[str]]:
 
 
 @app.command()
-def demo(out: OutOpt = None) -> None:
+def demo(out: OutOpt = None, verbose: VerboseOpt = False) -> None:
     """Digits end to end: train (if needed) -> pipeline -> compare -> edge (.pte) ->
     report.html."""
     out = out or Path("runs") / "demo"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch
 import typer
 
 from vitquant.cli.app import app, console
@@ -21,10 +22,12 @@ from vitquant.cli.common import (
     SeedOpt,
     ThreadsOpt,
     ValOpt,
+    VerboseOpt,
     model_and_data,
     prepare_out,
     save_result,
 )
+from vitquant.distributed import dist_context
 from vitquant.evaluate import (
     accuracy,
     count_layers,
@@ -49,11 +52,13 @@ def eval_(
     calib: CalibOpt = 256,
     seed: SeedOpt = 0,
     latency_batch: Annotated[
-        int, typer.Option(help="Batch size of the reported latency (batch 1 and 32 are saved).")
+        int,
+        typer.Option(min=1, help="Batch size of the reported latency (batch 1 and 32 are saved)."),
     ] = 1,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Float accuracy on the test split (progress bar), artifact size and latency -> eval.json."""
     directory = prepare_out(out, "eval", model, overwrite)
@@ -62,8 +67,11 @@ def eval_(
         random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
         limit=limit, seed=seed,
     )  # fmt: skip
-    n_threads = set_threads(threads)
-    acc = accuracy(loaded.model, bundle, "test", loaded.spec, progress="evaluating")
+    ctx = dist_context()  # under torchrun each rank tests its shard; rank 0 times and writes
+    n_threads = set_threads(threads) if ctx.world == 1 or threads else torch.get_num_threads()
+    acc = accuracy(loaded.model, bundle, "test", loaded.spec, progress="evaluating", ctx=ctx)
+    if not ctx.is_main:
+        return
     lat = {
         b: latency_ms_per_image(loaded.model, example_batch(bundle, loaded.spec, b))
         for b in sorted({1, 32, latency_batch})

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
 from rich.table import Table
 
 from vitquant.cli.app import app, console
 from vitquant.cli.common import (
-    CheckpointOpt,
     ModelArg,
     NumClassesOpt,
     OutOpt,
     OverwriteOpt,
+    VerboseOpt,
     prepare_out,
     save_result,
 )
 from vitquant.layers import layer_table
-from vitquant.registry import get_spec, list_specs
+from vitquant.registry import get_spec, list_specs, load_model
 
 
 @app.command()
-def models(out: OutOpt = None, overwrite: OverwriteOpt = True) -> None:
+def models(out: OutOpt = None, overwrite: OverwriteOpt = True, verbose: VerboseOpt = False) -> None:
     """List the registered models (plus any timm model as timm:<name>)."""
     rows = []
     table = Table(title="vitquant models (and timm:<any timm name>)")
@@ -50,20 +54,35 @@ def models(out: OutOpt = None, overwrite: OverwriteOpt = True) -> None:
 def layers(
     model: ModelArg,
     num_classes: NumClassesOpt = None,
-    checkpoint: CheckpointOpt = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Load this checkpoint (state_dict) strictly, so a file that does not fit the "
+            "model is refused [default: none, the architecture with random weights]."
+        ),
+    ] = None,  # fmt: skip
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """List module names, types and parameter counts - the names ignore lists take."""
-    spec = get_spec(model, num_classes=num_classes)
-    module = spec.build(spec.num_classes or 1000)
+    if checkpoint is not None:
+        loaded = load_model(model, checkpoint=checkpoint, num_classes=num_classes)
+        module, weights = loaded.model, loaded.checkpoint
+    else:
+        spec = get_spec(model, num_classes=num_classes)
+        module, weights = spec.build(spec.num_classes or 1000), None
     rows = layer_table(module)
     table = Table(title=f"{model}: {len(rows)} modules")
+    table.caption = f"weights: {weights}" if weights else "weights: none (architecture only)"
     for col in ("name", "type", "params", "quantizable"):
         table.add_column(col, justify="right" if col == "params" else "left")
     for r in rows:
         table.add_row(r["name"], r["type"], f"{r['params']:,}", "yes" if r["quantizable"] else "")
     console.print(table)
+    if weights:
+        console.print(f"checkpoint {weights} loaded (strict: every tensor fits)", highlight=False,
+                      soft_wrap=True)  # fmt: skip
     if out is not None:
         directory = prepare_out(out, "layers", model, overwrite)
-        save_result(directory, "layers", {"model": model, "layers": rows})
+        save_result(directory, "layers", {"model": model, "checkpoint": weights, "layers": rows})

@@ -16,17 +16,22 @@ from vitquant.cli.common import (
     ExportOpt,
     LimitOpt,
     ModelArg,
+    NumClassesOpt,
     ObserverOpt,
     OutOpt,
     OverwriteOpt,
+    PretrainedOpt,
     QuantizerOpt,
+    RandomOpt,
     SeedOpt,
     ThreadsOpt,
     ValOpt,
+    VerboseOpt,
     model_and_data,
     prepare_out,
     save_result,
 )
+from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
 from vitquant.pipeline import PipelineConfig, run_pipeline
 from vitquant.plots.pipeline import plot_flow
@@ -37,26 +42,43 @@ def pipeline(
     model: ModelArg,
     data: DataOpt = "digits",
     max_drop: Annotated[
-        float, typer.Option(help="Accuracy budget in points (fp32 minus int8, measured on val).")
+        float,
+        typer.Option(min=0, help="Accuracy budget in points (fp32 minus int8, measured on val)."),
     ] = 1.0,
     checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_weights: RandomOpt = False,
+    num_classes: NumClassesOpt = None,
     calib: CalibOpt = 256,
     val: ValOpt = None,
     limit: LimitOpt = None,
-    threshold: Annotated[float, typer.Option(help="Significant outlier % of a point.")] = 5.0,
-    stats_images: Annotated[int, typer.Option(help="Images for the activation statistics.")] = 256,
+    threshold: Annotated[
+        float, typer.Option(min=0, max=100, help="Significant outlier % of a point.")
+    ] = 5.0,
+    stats_images: Annotated[
+        int, typer.Option(min=1, help="Images for the activation statistics.")
+    ] = 256,
     per_channel: Annotated[bool, typer.Option(help="Per-channel weight scales.")] = True,
     quantizer: QuantizerOpt = "x86",
     export: ExportOpt = "none",
     observer: ObserverOpt = None,
-    trials: Annotated[int, typer.Option(help="Optuna trials if QAT is needed.")] = 4,
-    qat_epochs: Annotated[int, typer.Option(help="Epochs per QAT trial.")] = 2,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials if QAT is needed.")] = 4,
+    qat_epochs: Annotated[int, typer.Option(min=1, help="Epochs per QAT trial.")] = 2,
     qat_train_limit: Annotated[
-        int | None, typer.Option(help="Training images per QAT epoch [default: all].")
+        int | None, typer.Option(min=1, help="Training images per QAT epoch [default: all].")
     ] = None,
+    qat: Annotated[
+        bool,
+        typer.Option(
+            "--qat/--no-qat",
+            help="--no-qat: never run the QAT branch, even when post-training misses "
+            "--max-drop (the decision is recorded).",
+        ),
+    ] = True,
     force_qat: Annotated[bool, typer.Option(help="Run the QAT branch even within budget.")] = False,
     sensitivity_limit: Annotated[
-        int | None, typer.Option(help="Val images for the sensitivity ranking [default: all].")
+        int | None,
+        typer.Option(min=1, help="Val images for the sensitivity ranking [default: all]."),
     ] = None,
     lower: Annotated[
         bool,
@@ -69,6 +91,7 @@ def pipeline(
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Float -> outliers -> static PTQ -> PTQ ignoring outlier layers -> auto ignore list ->
     dynamic -> (QAT + Optuna if still over --max-drop) -> final choice -> pipeline.json.
@@ -76,18 +99,21 @@ def pipeline(
     Choices use the val images; test figures are reported. The final choice: the fastest
     variant within the val budget, else the most accurate on val.
     """
+    if force_qat and not qat:
+        raise VitquantError("--force-qat and --no-qat contradict each other: pass one of them.")
     # Built first: a bad --quantizer/--export fails before anything is loaded or written.
     cfg = PipelineConfig(
         max_drop=max_drop, threshold=threshold, stats_images=stats_images,
         per_channel=per_channel, observer=observer, backend=quantizer, export=export,
         trials=trials, qat_epochs=qat_epochs, qat_train_limit=qat_train_limit,
-        force_qat=force_qat, sensitivity_limit=sensitivity_limit, lower=lower,
+        force_qat=force_qat, sensitivity_limit=sensitivity_limit, lower=lower, qat=qat,
     )  # fmt: skip
     directory = prepare_out(out, "pipeline", model, overwrite)
     set_threads(threads)
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=False, random_weights=False,
-        num_classes=None, calib=calib, val=val, limit=limit, seed=seed,
+        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
+        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
+        limit=limit, seed=seed,
     )  # fmt: skip
     from vitquant.pipeline_steps import analysis_step, qat_step
 

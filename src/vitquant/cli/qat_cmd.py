@@ -20,10 +20,13 @@ from vitquant.cli.common import (
     NumClassesOpt,
     OutOpt,
     OverwriteOpt,
+    PretrainedOpt,
     QuantizerOpt,
+    RandomOpt,
     SeedOpt,
     ThreadsOpt,
     ValOpt,
+    VerboseOpt,
     model_and_data,
     prepare_out,
     save_result,
@@ -32,22 +35,29 @@ from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
 from vitquant.quant.configs import check_backend, check_export
 
-EpochsOpt = Annotated[int, typer.Option(help="QAT epochs (per trial, unless --search-epochs).")]
+EpochsOpt = Annotated[
+    int, typer.Option(min=1, help="QAT epochs (per trial, unless --search-epochs).")
+]
 LrOpt = Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")]
 MomentumOpt = Annotated[float, typer.Option(help="SGD momentum (Nesterov).")]
 WdOpt = Annotated[float, typer.Option(help="Weight decay.")]
 OptimizerOpt = Annotated[str, typer.Option(help="sgd or adamw.")]
-BatchOpt = Annotated[int, typer.Option(help="Global batch size (split across torchrun ranks).")]
+BatchOpt = Annotated[
+    int, typer.Option(min=1, help="Global batch size (split across torchrun ranks).")
+]
 FreezeObsOpt = Annotated[
     int | None,
-    typer.Option(help="Freeze the fake-quant observers (scales) after this many epochs."),
+    typer.Option(min=0, help="Freeze the fake-quant observers (scales) after this many epochs."),
 ]
 FreezeBnOpt = Annotated[
-    int | None, typer.Option(help="Freeze BatchNorm running statistics after this many epochs.")
+    int | None,
+    typer.Option(min=0, help="Freeze BatchNorm running statistics after this many epochs."),
 ]
 TrainLimitOpt = Annotated[
     int | None,
-    typer.Option(help="Train on this many fit images per epoch (drawn afresh) [default: all]."),
+    typer.Option(
+        min=1, help="Train on this many fit images per epoch (drawn afresh) [default: all]."
+    ),
 ]
 IgnoreOpt = Annotated[
     list[str] | None,
@@ -129,6 +139,8 @@ def qat_cmd(
     per_channel: PerChannelOpt = True,
     symmetric_activations: SymActOpt = False,
     checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_weights: RandomOpt = False,
     num_classes: NumClassesOpt = None,
     calib: CalibOpt = 256,
     val: ValOpt = None,
@@ -139,6 +151,7 @@ def qat_cmd(
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Quantization-aware training (pt2e fake quant); keeps the best int8 val epoch -> qat.json.
 
@@ -155,8 +168,9 @@ def qat_cmd(
     if ctx.world == 1:
         set_threads(threads)
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=False, random_weights=False,
-        num_classes=num_classes, calib=calib, val=val, limit=limit, seed=seed,
+        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
+        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
+        limit=limit, seed=seed,
     )  # fmt: skip
     cfg = _qat_config(
         epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
@@ -198,7 +212,7 @@ def _range(text: str | None, name: str, cast=float):
 @app.command("search")
 def search_cmd(
     model: ModelArg,
-    trials: Annotated[int, typer.Option(help="Finished trials the study should hold.")] = 10,
+    trials: Annotated[int, typer.Option(min=0, help="Finished trials the study should hold.")] = 10,
     storage: Annotated[
         str | None,
         typer.Option(
@@ -232,6 +246,8 @@ def search_cmd(
     per_channel: PerChannelOpt = True,
     symmetric_activations: SymActOpt = False,
     checkpoint: CheckpointOpt = None,
+    pretrained: PretrainedOpt = False,
+    random_weights: RandomOpt = False,
     num_classes: NumClassesOpt = None,
     calib: CalibOpt = 256,
     val: ValOpt = None,
@@ -242,6 +258,7 @@ def search_cmd(
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Optuna search over QAT lr, momentum, weight decay (and epochs) -> search.json.
 
@@ -285,8 +302,9 @@ def search_cmd(
         seed=seed,
     )  # fmt: skip
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=False, random_weights=False,
-        num_classes=num_classes, calib=calib, val=val, limit=limit, seed=seed,
+        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
+        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
+        limit=limit, seed=seed,
     )  # fmt: skip
     base = _qat_config(
         epochs=epochs, optimizer=optimizer, batch_size=batch_size,

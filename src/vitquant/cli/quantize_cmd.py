@@ -26,6 +26,7 @@ from vitquant.cli.common import (
     SeedOpt,
     ThreadsOpt,
     ValOpt,
+    VerboseOpt,
     invocation,
     model_and_data,
     prepare_out,
@@ -54,7 +55,8 @@ LowerOpt = Annotated[
                       "times the eager emulation and marks the rows simulated."),
 ]  # fmt: skip
 LatencyBatchOpt = Annotated[
-    int, typer.Option(help="Batch size of the row's latency (batch 1 and 32 are both saved).")
+    int,
+    typer.Option(min=1, help="Batch size of the row's latency (batch 1 and 32 are both saved)."),
 ]
 
 
@@ -115,7 +117,9 @@ def quantize(
     quantizer: QuantizerOpt = "x86",
     export: ExportOpt = "none",
     observer: ObserverOpt = None,
-    percentile: Annotated[float, typer.Option(help="Percentile of --observer percentile.")] = 99.99,
+    percentile: Annotated[
+        float, typer.Option(min=0, max=100, help="Percentile of --observer percentile.")
+    ] = 99.99,
     ignore: Annotated[
         list[str] | None,
         typer.Option(
@@ -131,10 +135,11 @@ def quantize(
         typer.Option(help="Keep every module of this type in float (Linear, Conv2d...)."),
     ] = None,
     max_drop: Annotated[
-        float, typer.Option(help="--ignore auto: accuracy budget in points on val.")
+        float, typer.Option(min=0, help="--ignore auto: accuracy budget in points on val.")
     ] = 0.5,
     auto_val_limit: Annotated[
-        int | None, typer.Option(help="--ignore auto: val images per step [default: all].")
+        int | None,
+        typer.Option(min=1, help="--ignore auto: val images per step [default: all]."),
     ] = None,
     ignore_top_k: Annotated[
         str | None,
@@ -152,6 +157,7 @@ def quantize(
     w_speed: WSpeedOpt = 0.25,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Static / dynamic int8 variants with ignore lists, ORT int8 twins -> quantize.json/csv/md."""
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
@@ -269,6 +275,7 @@ def bench(
     w_speed: WSpeedOpt = 0.25,
     out: Annotated[Path | None, typer.Option(help="Output folder [default: RUN_DIR].")] = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Re-measure the saved variants of a quantize run (accuracy, size, latency) -> bench.json."""
     from vitquant.data import check_compatible, load_data

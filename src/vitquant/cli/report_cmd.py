@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from vitquant.cli.app import app, console
+from vitquant.cli.common import VerboseOpt
 from vitquant.errors import VitquantError
 from vitquant.report.html import build_report
 
@@ -15,6 +16,7 @@ from vitquant.report.html import build_report
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (e.g. runs/demo) to summarise.")],
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write DIR/report.html (images embedded, no network needed) and DIR/report.json."""
     if not run_dir.is_dir():

@@ -19,6 +19,7 @@ from vitquant.cli.common import (
     SeedOpt,
     ThreadsOpt,
     ValOpt,
+    VerboseOpt,
     prepare_out,
     save_result,
 )
@@ -39,15 +40,15 @@ def train_cmd(
     model: ModelArg,
     data: DataOpt = "digits",
     epochs: Annotated[
-        int | None, typer.Option(help="Epochs [default: the model's recipe].")
+        int | None, typer.Option(min=1, help="Epochs [default: the model's recipe].")
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size.")] = None,
     train_limit: Annotated[
-        int | None, typer.Option(help="Train on this many fit images per epoch.")
+        int | None, typer.Option(min=1, help="Train on this many fit images per epoch.")
     ] = None,
     finetune: Annotated[
         bool, typer.Option(help="Start from the checkpoint (--checkpoint or the registered one).")
@@ -67,6 +68,7 @@ def train_cmd(
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = True,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train (from scratch, or --finetune) keeping the best validation epoch -> train.json.
 
