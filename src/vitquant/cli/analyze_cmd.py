@@ -24,6 +24,7 @@ from vitquant.cli.common import (
     SeedOpt,
     ThreadsOpt,
     ValOpt,
+    VerboseOpt,
     model_and_data,
     prepare_out,
     save_result,
@@ -87,6 +88,7 @@ def analyze(
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Activation outliers per layer (exact streaming statistics over the calibration images),
     weight statistics and change scores, summaries by block and layer type, plots -> analyze.json.
@@ -222,6 +224,7 @@ def sensitivity(
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Per-layer W8A8 sensitivity on the validation images: only this layer int8, and every
     layer but this one int8; ranked (about 2 x layers evaluations) -> sensitivity.json."""
