@@ -29,6 +29,7 @@ from vitquant.cli.common import (
     prepare_out,
     save_result,
 )
+from vitquant.distributed import dist_context
 from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
 from vitquant.io import write_text
@@ -108,12 +109,16 @@ def analyze(
         random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
         limit=None, seed=seed,
     )  # fmt: skip
-    set_threads(threads)
+    ctx = dist_context()  # under torchrun each rank streams its shard; rank 0 writes
+    if ctx.world == 1 or threads:
+        set_threads(threads)
     start = time.perf_counter()
     stats = collect_activation_stats(
         loaded.model, bundle, loaded.spec, threshold=threshold, batch_size=batch_size,
-        sample_size=sample_size, seed=seed,
+        sample_size=sample_size, seed=seed, ctx=ctx,
     )  # fmt: skip
+    if not ctx.is_main:
+        return
     weights = weight_stats(loaded.model, threshold=threshold)
     seconds = time.perf_counter() - start
 
@@ -240,12 +245,16 @@ def sensitivity(
         random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
         limit=None, seed=seed,
     )  # fmt: skip
-    set_threads(threads)
+    ctx = dist_context()  # under torchrun each rank evaluates its shard; rank 0 writes
+    if ctx.world == 1 or threads:
+        set_threads(threads)
     chosen = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
     start = time.perf_counter()
     rows = per_layer_sensitivity(
-        loaded.model, bundle, loaded.spec, role="val", layers=chosen, batch_size=batch_size
+        loaded.model, bundle, loaded.spec, role="val", layers=chosen, batch_size=batch_size, ctx=ctx
     )
+    if not ctx.is_main:
+        return
     seconds = time.perf_counter() - start
     figures = {}
     if plots and rows:
