@@ -143,7 +143,7 @@ def _random_bytes(path):
 @pytest.mark.parametrize(
     ("write", "says"),
     [
-        (_pickled_module, "it holds a pickled vitquant.models.vit."),
+        (_pickled_module, "it holds a pickled timm.models.vision_transformer.VisionTransformer"),
         (_random_bytes, "it is not a PyTorch state_dict file"),
     ],
     ids=["pickled-module", "random-bytes"],

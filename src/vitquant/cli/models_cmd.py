@@ -66,6 +66,7 @@ def layers(
     verbose: VerboseOpt = False,
 ) -> None:
     """List module names, types and parameter counts - the names ignore lists take."""
+    directory = prepare_out(out, "layers", model, overwrite) if out is not None else None
     if checkpoint is not None:
         loaded = load_model(model, checkpoint=checkpoint, num_classes=num_classes)
         module, weights = loaded.model, loaded.checkpoint
@@ -83,6 +84,5 @@ def layers(
     if weights:
         console.print(f"checkpoint {weights} loaded (strict: every tensor fits)", highlight=False,
                       soft_wrap=True)  # fmt: skip
-    if out is not None:
-        directory = prepare_out(out, "layers", model, overwrite)
+    if directory is not None:
         save_result(directory, "layers", {"model": model, "checkpoint": weights, "layers": rows})
