@@ -80,3 +80,43 @@ def test_timm_pretrained_offline_fails_clearly(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(VitquantError, match="Offline\\? Pass --checkpoint PATH"):
         load_model("timm:deit_tiny_patch16_224", pretrained=True)
+
+
+def test_a_timm_head_of_another_size_suggests_num_classes(tmp_path):
+    import timm
+
+    from vitquant.errors import HeadMismatchError
+
+    path = tmp_path / "resnet10t_1000.pt"
+    torch.save(timm.create_model("resnet10t", num_classes=1000).state_dict(), path)
+    with pytest.raises(HeadMismatchError) as caught:
+        load_model("timm:resnet10t", checkpoint=path, num_classes=10)
+    err = caught.value
+    assert (err.key, err.shape, err.checkpoint_classes, err.model_classes) == (
+        "fc.weight", (1000, 512), 1000, 10,
+    )  # fmt: skip
+    assert str(err) == (
+        f"checkpoint {path} has a 1000-class head (fc.weight 1000x512) but the model is built "
+        "for 10 classes; pass --num-classes 1000 with data of 1000 classes, or a checkpoint for "
+        "10 classes."
+    )
+    assert "the data has 10 classes; pass --num-classes 1000" in str(err.for_data(10))
+    assert load_model("timm:resnet10t", checkpoint=path, num_classes=1000).checkpoint == str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ([1, 2], "holds an object of type list, not a state_dict"),
+        ({"w": torch.zeros(1), "step": 3}, "('step' holds an object of type int); save"),
+    ],
+)
+def test_files_that_are_not_state_dicts_are_named(tmp_path, content, says):
+    from vitquant.registry import read_state_dict
+
+    path = tmp_path / "x.pt"
+    torch.save(content, path)
+    with pytest.raises(VitquantError) as caught:
+        read_state_dict(path)
+    assert str(path) in str(caught.value) and says in str(caught.value)
+    assert "\n" not in str(caught.value)

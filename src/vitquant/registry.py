@@ -145,13 +145,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict):
         raise VitquantError(
-            f"{path} holds a {type(obj).__name__}, not a state_dict of tensors; "
+            f"{path} holds an object of type {type(obj).__name__}, not a state_dict of tensors; "
             f"save model.state_dict() instead."
         )
     odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if odd:
         raise VitquantError(
-            f"{path} is not a state_dict of tensors ({odd[0]!r} holds a "
+            f"{path} is not a state_dict of tensors ({odd[0]!r} holds an object of type "
             f"{type(obj[odd[0]]).__name__}); save model.state_dict() instead."
         )
     if obj and all(k.startswith("module.") for k in obj):
