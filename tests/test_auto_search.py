@@ -102,3 +102,35 @@ def test_lowered_model_pads_chunks_without_changing_rows(digits, digits_models):
     with torch.no_grad():
         eager = qm.module(x)
     assert (full.argmax(1) == eager.argmax(1)).float().mean().item() >= 0.95
+
+
+@pytest.mark.parametrize("backend", ["x86", "xnnpack"])
+def test_cached_calibration_gives_the_same_model_without_the_images(digits, digits_models,
+                                                                    backend):  # fmt: skip
+    """Observers record float tensors, so the full graph's calibration serves any ignore list:
+    the converted model is identical, and only the export example is read from calib."""
+    from vitquant.quant.configs import StaticPTQ
+
+    vit = load_model("digits_vit")
+    cfg = StaticPTQ(backend=backend, calib=96, calib_batch=32)
+    full = quantize_static(vit.model, digits, vit.spec, cfg)
+    ignore = ["head", "blocks.1.mlp.fc1"]
+    direct = quantize_static(vit.model, digits, vit.spec, cfg, ignore=ignore)
+
+    class Counting:
+        def __init__(self, bundle):
+            self.bundle, self.batches_read = bundle, 0
+
+        def batches(self, *args, **kw):
+            for batch in self.bundle.batches(*args, **kw):
+                self.batches_read += 1
+                yield batch
+
+    counting = Counting(digits)
+    cached = quantize_static(vit.model, counting, vit.spec, cfg, ignore=ignore,
+                             calibration=full.calibration)  # fmt: skip
+    assert counting.batches_read == 1  # the export example only; 3 batches without the cache
+    assert cached.ignored == direct.ignored == sorted(ignore)
+    x, _ = next(digits.batches("test", vit.spec, batch_size=128))
+    with torch.no_grad():
+        torch.testing.assert_close(cached.module(x), direct.module(x), atol=0, rtol=0)

@@ -181,7 +181,9 @@ def select_ignore(
         if start is not None and not steps:
             qm, acc = start
         else:
-            qm = quantize_static(model, bundle, spec, cfg, ignore=ignored)
+            # Later steps ignore more layers than step 0: its calibration serves them all.
+            cache = models[0].calibration if 0 in models else None
+            qm = quantize_static(model, bundle, spec, cfg, ignore=ignored, calibration=cache)
             acc = evaluate(qm) if evaluate is not None else val_acc(qm.module)
         drop = round((fp32 - acc) * 100, 4)
         steps.append({"step": len(steps), "ignored": ignored, "added": added, "val_acc": acc,
@@ -215,7 +217,7 @@ def select_ignore(
             chosen = _bisect(lambda k: step(base + ranking[:k], ranking[k - 1]) <= max_drop,
                              limit, lambda: len(steps) - 1)  # fmt: skip
         for k in list(models):  # free the models that were not chosen
-            if k != chosen:
+            if k not in (0, chosen):
                 del models[k]
     last = steps[chosen]
     return AutoResult(

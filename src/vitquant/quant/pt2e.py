@@ -54,6 +54,7 @@ class QuantizedModel:
     notes: list[str] = field(default_factory=list)
     config: object = None
     example: torch.Tensor | None = None
+    calibration: object = field(default=None, repr=False)  # CalibrationCache of its observers
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
@@ -388,6 +389,7 @@ def quantize_static(
     *,
     ignore: IgnoreScope | ResolvedScope | Iterable[str] = (),
     progress: str | None = None,
+    calibration=None,
 ) -> QuantizedModel:
     """Static PTQ: export, annotate (keeping ``ignore`` in float), calibrate on ``calib``, convert.
 
@@ -398,19 +400,25 @@ def quantize_static(
         cfg: the recipe.
         ignore: an ``IgnoreScope``, a ``ResolvedScope`` or a list of names/globs.
         progress: a description to show a progress bar over calibration batches.
+        calibration: the ``CalibrationCache`` of an earlier call with the same model, data and
+            recipe and fewer layers ignored (``QuantizedModel.calibration``): its observer
+            states are loaded instead of running the calibration images again (same result).
     """
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from vitquant.quant.calibration import CalibrationCache
+
     model = copy.deepcopy(model).eval()
     scope = _scope(model, ignore)
-    batches = list(
-        bundle.batches("calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib,
-                       progress=progress)
-    )  # fmt: skip
-    if not batches:
+
+    def calib_batches(**kw):
+        return bundle.batches("calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib, **kw)
+
+    first = next(calib_batches(), None)
+    if first is None:
         raise VitquantError("no calibration images: pass --calib N with N > 0.")
-    example = batches[0][0][: min(len(batches[0][0]), 8)]
+    example = first[0][: min(len(first[0]), 8)]
     if example.shape[0] < 2:
         example = example.repeat(2, 1, 1, 1)
     notes = list(scope.notes)
@@ -425,15 +433,18 @@ def quantize_static(
         percentile=cfg.percentile, ignore=scope.modules,
     )  # fmt: skip
     prepared = prepare_pt2e(graph, quantizer)
-    for x, _ in batches:
-        prepared(x)
+    if calibration is None or not calibration.load_into(prepared):
+        with torch.no_grad():
+            for x, _ in calib_batches(progress=progress):
+                prepared(x)
+    cache = CalibrationCache.from_prepared(prepared)
     converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)  # so evaluate.accuracy may call .eval()
     drop_unused_attributes(converted)
     int8, floats = split_int8(model, converted)
     return QuantizedModel(
         module=converted, int8_layers=int8, float_layers=floats, ignored=list(scope.modules),
-        notes=notes, config=cfg, example=example,
+        notes=notes, config=cfg, example=example, calibration=cache,
     )  # fmt: skip
 
 
