@@ -153,8 +153,6 @@ def analyze(
     }  # fmt: skip
     path = save_result(directory, "analyze", payload)
 
-    for note in bundle.notes:
-        console.print(f"[yellow]note:[/] {note}")
     table = Table(title=f"Top-10 activation outlier points ({model}, {payload['n_images']} images)")
     table.add_column("point", no_wrap=True)
     table.caption = "module: the Linear/Conv an ignore list takes (= the point itself)"

@@ -149,7 +149,21 @@ def model_and_data(
     except HeadMismatchError as exc:
         raise exc.for_data(len(bundle.classes)) from None
     check_compatible(bundle, loaded.spec)
+    print_notes(bundle)
     return loaded, bundle
+
+
+def print_notes(bundle: DataBundle) -> None:
+    """Say what the data set-up changed (a clipped --calib, a folder with one split, ...); the
+    same notes are in every result JSON (``notes``). Rank 0 only under torchrun."""
+    import os
+
+    from vitquant.cli.app import console
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for note in bundle.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 def ensure_weights(

@@ -20,6 +20,7 @@ from vitquant.cli.common import (
     VerboseOpt,
     ensure_weights,
     prepare_out,
+    print_notes,
     save_result,
 )
 from vitquant.compare import profile_model, summarize
@@ -59,6 +60,7 @@ def compare(
     directory = prepare_out(out, "compare", "-".join(models), overwrite)
     set_threads(threads)
     bundle = load_data(data, calib=calib, val=val, limit=limit, seed=seed)
+    print_notes(bundle)
     for name in models:
         ensure_weights(name, checkpoint=None)
     profiles = [

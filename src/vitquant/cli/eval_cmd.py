@@ -88,8 +88,6 @@ def eval_(
         **row.to_dict(), "results": [row.to_dict()],
     }  # fmt: skip
     path = save_result(directory, "eval", payload)
-    for note in bundle.notes:
-        console.print(f"[yellow]note:[/] {note}")
     console.print(
         f"{model} on {bundle.name} test ({row.n} images): accuracy [bold]{acc:.4f}[/], "
         f"size {row.size_mb:.2f} MiB, latency {lat[latency_batch]:.3f} ms/img "

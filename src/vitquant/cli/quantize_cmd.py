@@ -190,8 +190,6 @@ def quantize(
     # An ignore entry that matches nothing must fail before anything is written.
     if scope:
         scope.resolve(loaded.model)
-    for note in bundle.notes:
-        console.print(f"[yellow]note:[/] {note}")
     result = run_variants(
         loaded.model, bundle, loaded.spec, job, artifacts=directory / "artifacts",
         log=lambda line: console.print(line, highlight=False), progress=True,

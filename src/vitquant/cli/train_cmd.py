@@ -21,6 +21,7 @@ from vitquant.cli.common import (
     ValOpt,
     VerboseOpt,
     prepare_out,
+    print_notes,
     save_result,
 )
 from vitquant.data import check_compatible, load_data
@@ -77,6 +78,7 @@ def train_cmd(
     directory = prepare_out(out, "train", model, overwrite)
     set_threads(threads)
     bundle = load_data(data, val=val, calib=0, seed=seed)
+    print_notes(bundle)
     spec = get_spec(model, num_classes=num_classes or len(bundle.classes))
     check_compatible(bundle, spec)
     if finetune:
