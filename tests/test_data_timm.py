@@ -88,10 +88,12 @@ def test_training_transform_is_timms(photos):
     assert not torch.allclose(train_x, eval_x)
 
 
-def test_registry_models_keep_their_figures(assets):
-    """The in-memory CIFAR-10 path is unchanged: ResNet-20 scores 0.8103 on all 10,000 images."""
-    loaded = load_model("cifar_resnet20")
+@pytest.mark.parametrize(("name", "published"), [("cifar_resnet20", 0.8103), ("cifar_vit", 0.6831)])
+def test_registry_models_keep_their_figures(assets, name, published):
+    """The in-memory CIFAR-10 path is unchanged: the figures of the shared README and the ViT's
+    JSON card, on all 10,000 test JPEGs."""
+    loaded = load_model(name)
     bundle = load_data("cifar10", val=0, calib=0)
     logits, labels = predict(loaded.model, bundle, "test", loaded.spec)
     assert len(labels) == 10_000
-    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(0.8103, abs=5e-5)
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(published, abs=5e-5)
