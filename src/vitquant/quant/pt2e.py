@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -412,10 +413,11 @@ def quantize_static(
     model = copy.deepcopy(model).eval()
     scope = _scope(model, ignore)
 
-    def calib_batches(**kw):
-        return bundle.batches("calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib, **kw)
-
-    first = next(calib_batches(), None)
+    # One pass over calib: its first batch is the export example, then every batch calibrates
+    # (none when a cached calibration covers the graph).
+    batches = bundle.batches("calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib,
+                             progress=progress)  # fmt: skip
+    first = next(batches, None)
     if first is None:
         raise VitquantError("no calibration images: pass --calib N with N > 0.")
     example = first[0][: min(len(first[0]), 8)]
@@ -435,8 +437,9 @@ def quantize_static(
     prepared = prepare_pt2e(graph, quantizer)
     if calibration is None or not calibration.load_into(prepared):
         with torch.no_grad():
-            for x, _ in calib_batches(progress=progress):
+            for x, _ in itertools.chain([first], batches):
                 prepared(x)
+    batches.close()  # stops a DataLoader's workers when the cache made the rest unnecessary
     cache = CalibrationCache.from_prepared(prepared)
     converted = convert_pt2e(prepared)
     allow_exported_model_train_eval(converted)  # so evaluate.accuracy may call .eval()
