@@ -235,10 +235,9 @@ def run_pipeline(
     from vitquant.layers import quantizable_names
     from vitquant.quant.auto import select_ignore, sensitivity_ranking, sqnr_ranking
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
-    from vitquant.quant.dynamic import quantize_dynamic
+    from vitquant.quant.dynamic import quantize_dynamic, quantize_dynamic_pt2e
+    from vitquant.quant.lowered import inductor_lowers
     from vitquant.quant.pt2e import (
-        inductor_lowers,
-        quantize_dynamic_pt2e,
         quantize_static,
         split_int8,
     )

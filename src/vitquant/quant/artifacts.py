@@ -110,7 +110,7 @@ def lowered_latency(
         ``agreement`` is the share of the largest batch whose lowered argmax equals the eager
         one (the accuracy is measured on the eager graph).
     """
-    from vitquant.quant.pt2e import lower
+    from vitquant.quant.lowered import lower
 
     try:
         compiled = lower(gm)

@@ -23,7 +23,7 @@ from vitquant.quant.artifacts import (
     measure_latency,
 )
 from vitquant.quant.configs import DynamicPTQ
-from vitquant.quant.pt2e import inductor_lowers
+from vitquant.quant.lowered import inductor_lowers
 from vitquant.registry import load_state_dict_strict, read_state_dict
 from vitquant.results import ResultRow, ScoreWeights, finalize
 

@@ -19,7 +19,15 @@ from torch import nn
 from vitquant.errors import VitquantError
 from vitquant.evaluate import QUANTIZABLE
 from vitquant.quant.configs import DynamicPTQ
-from vitquant.quant.pt2e import QuantizedModel
+from vitquant.quant.pt2e import (
+    QuantizedModel,
+    _scope,
+    drop_unused_attributes,
+    edge_friendly_attention,
+    export_model,
+    make_quantizer,
+    split_int8,
+)
 from vitquant.quant.scope import IgnoreScope, ResolvedScope, resolve_modules
 
 SUPPORTED = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU}
@@ -92,4 +100,45 @@ def quantize_dynamic(
         module=qmodel, int8_layers=[n for n in names if n in int8],
         float_layers=[n for n in names if n not in int8], ignored=list(scope.modules),
         notes=notes, config=cfg,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def quantize_dynamic_pt2e(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    backend: str = "xnnpack",
+    per_channel: bool = True,
+    ignore: IgnoreScope | ResolvedScope | Iterable[str] = (),
+) -> QuantizedModel:
+    """Dynamic int8 with a pt2e quantizer (``get_symmetric_quantization_config(is_dynamic=True)``
+    for xnnpack): int8 weights, activation ranges computed per batch at run time, so there is
+    no calibration - one forward of ``example`` instantiates the placeholders.
+
+    XNNPACK's dynamic patterns cover ``nn.Linear`` (convolutions stay float, as in PyTorch's
+    eager dynamic quantization). This is the dynamic variant of the edge path; it lowers to an
+    XNNPACK ``.pte`` like the static one.
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model = copy.deepcopy(model).eval()
+    scope = _scope(model, ignore)
+    if example.shape[0] < 2:
+        example = example.repeat(2, 1, 1, 1)
+    with edge_friendly_attention(model, backend):
+        graph = export_model(model, example)
+    quantizer = make_quantizer(backend=backend, per_channel=per_channel, is_dynamic=True,
+                               ignore=scope.modules)  # fmt: skip
+    prepared = prepare_pt2e(graph, quantizer)
+    prepared(example)
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)
+    drop_unused_attributes(converted)
+    int8, floats = split_int8(model, converted)
+    config = {"quantizer": backend, "is_dynamic": True, "per_channel": per_channel}
+    return QuantizedModel(
+        module=converted, int8_layers=int8, float_layers=floats, ignored=list(scope.modules),
+        notes=list(scope.notes), config=config, example=example,
     )  # fmt: skip

@@ -16,7 +16,30 @@ from __future__ import annotations
 
 import torch
 
-from vitquant.quant.pt2e import QuantizedModel, lower
+from vitquant.quant.pt2e import QuantizedModel
+
+
+def inductor_lowers(backend: str) -> bool:
+    """Whether inductor turns a graph of this quantizer (``x86`` or a row's ``pt2e-x86``) into
+    int8 kernels: its fusions match the x86 quantizer's patterns only, so other graphs are timed
+    as the eager emulation."""
+    return backend.removeprefix("pt2e-") == "x86"
+
+
+def lower(qm: QuantizedModel | torch.fx.GraphModule, *, freezing: bool = True):
+    """Compile a converted graph with inductor so int8 patterns run as int8 kernels (x86).
+
+    Returns the compiled callable; the first calls compile (tens of seconds on a small CPU).
+    Raises whatever ``torch.compile`` raises - callers fall back to eager and mark the
+    measurement ``simulated``.
+    """
+    import torch._inductor.config as inductor_config
+
+    gm = qm.module if isinstance(qm, QuantizedModel) else qm
+    inductor_config.freezing = freezing
+    # dynamic=False: one static graph per batch size (inductor's dynamic-shape int8 conv
+    # kernels failed a stride check here on the second shape).
+    return torch.compile(gm, backend="inductor", dynamic=False)
 
 
 class LoweredModel:

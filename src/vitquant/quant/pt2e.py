@@ -3,7 +3,7 @@ convert), plus the graph inspection that says which layers really hold int8 weig
 
 A converted pt2e graph run eagerly *emulates* int8: it quantizes and dequantizes in fp32 around
 float kernels. ``lower`` compiles it with inductor (x86), which fuses the quantize/dequantize
-patterns into oneDNN int8 kernels; only that is timed as int8 speed.
+patterns into oneDNN int8 kernels (``vitquant.quant.lowered``); only that is timed as int8 speed.
 """
 
 from __future__ import annotations
@@ -413,8 +413,7 @@ def quantize_static(
     model = copy.deepcopy(model).eval()
     scope = _scope(model, ignore)
 
-    # One pass over calib: its first batch is the export example, then every batch calibrates
-    # (none when a cached calibration covers the graph).
+    # One pass over calib: the first batch is also the export example (none with a cache hit).
     batches = bundle.batches("calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib,
                              progress=progress)  # fmt: skip
     first = next(batches, None)
@@ -448,68 +447,4 @@ def quantize_static(
     return QuantizedModel(
         module=converted, int8_layers=int8, float_layers=floats, ignored=list(scope.modules),
         notes=notes, config=cfg, example=example, calibration=cache,
-    )  # fmt: skip
-
-
-def inductor_lowers(backend: str) -> bool:
-    """Whether inductor turns a graph of this quantizer (``x86`` or a row's ``pt2e-x86``) into
-    int8 kernels: its fusions match the x86 quantizer's patterns only, so other graphs are timed
-    as the eager emulation."""
-    return backend.removeprefix("pt2e-") == "x86"
-
-
-def lower(qm: QuantizedModel | torch.fx.GraphModule, *, freezing: bool = True):
-    """Compile a converted graph with inductor so int8 patterns run as int8 kernels (x86).
-
-    Returns the compiled callable; the first calls compile (tens of seconds on a small CPU).
-    Raises whatever ``torch.compile`` raises - callers fall back to eager and mark the
-    measurement ``simulated``.
-    """
-    import torch._inductor.config as inductor_config
-
-    gm = qm.module if isinstance(qm, QuantizedModel) else qm
-    inductor_config.freezing = freezing
-    # dynamic=False: one static graph per batch size (inductor's dynamic-shape int8 conv
-    # kernels failed a stride check here on the second shape).
-    return torch.compile(gm, backend="inductor", dynamic=False)
-
-
-@torch.no_grad()
-def quantize_dynamic_pt2e(
-    model: nn.Module,
-    example: torch.Tensor,
-    *,
-    backend: str = "xnnpack",
-    per_channel: bool = True,
-    ignore: IgnoreScope | ResolvedScope | Iterable[str] = (),
-) -> QuantizedModel:
-    """Dynamic int8 with a pt2e quantizer (``get_symmetric_quantization_config(is_dynamic=True)``
-    for xnnpack): int8 weights, activation ranges computed per batch at run time, so there is
-    no calibration - one forward of ``example`` instantiates the placeholders.
-
-    XNNPACK's dynamic patterns cover ``nn.Linear`` (convolutions stay float, as in PyTorch's
-    eager dynamic quantization). This is the dynamic variant of the edge path; it lowers to an
-    XNNPACK ``.pte`` like the static one.
-    """
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    model = copy.deepcopy(model).eval()
-    scope = _scope(model, ignore)
-    if example.shape[0] < 2:
-        example = example.repeat(2, 1, 1, 1)
-    with edge_friendly_attention(model, backend):
-        graph = export_model(model, example)
-    quantizer = make_quantizer(backend=backend, per_channel=per_channel, is_dynamic=True,
-                               ignore=scope.modules)  # fmt: skip
-    prepared = prepare_pt2e(graph, quantizer)
-    prepared(example)
-    converted = convert_pt2e(prepared)
-    allow_exported_model_train_eval(converted)
-    drop_unused_attributes(converted)
-    int8, floats = split_int8(model, converted)
-    config = {"quantizer": backend, "is_dynamic": True, "per_channel": per_channel}
-    return QuantizedModel(
-        module=converted, int8_layers=int8, float_layers=floats, ignored=list(scope.modules),
-        notes=list(scope.notes), config=config, example=example,
     )  # fmt: skip

@@ -41,10 +41,10 @@ from vitquant.errors import VitquantError
 from vitquant.evaluate import accuracy
 from vitquant.progress import track
 from vitquant.quant.configs import check_backend, check_export
+from vitquant.quant.lowered import inductor_lowers
 from vitquant.quant.pt2e import (
     edge_friendly_attention,
     export_model,
-    inductor_lowers,
     make_quantizer,
 )
 from vitquant.train import TrainConfig, make_optimizer, make_scheduler

@@ -49,11 +49,10 @@ from vitquant.quant.artifacts import (
 )
 from vitquant.quant.auto import AutoResult, outlier_ranking, select_ignore, sweep_top_k
 from vitquant.quant.configs import DynamicPTQ, StaticPTQ, check_export
-from vitquant.quant.dynamic import quantize_dynamic
+from vitquant.quant.dynamic import quantize_dynamic, quantize_dynamic_pt2e
+from vitquant.quant.lowered import inductor_lowers
 from vitquant.quant.pt2e import (
     QuantizedModel,
-    inductor_lowers,
-    quantize_dynamic_pt2e,
     quantize_static,
 )
 from vitquant.quant.scope import IgnoreScope, ResolvedScope
