@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from vitquant.analysis.merges import chan_merge, merge_samples
 from vitquant.analysis.sensitivity import per_layer_sensitivity
-from vitquant.analysis.stats import chan_merge, collect_activation_stats, merge_samples
+from vitquant.analysis.stats import collect_activation_stats
 from vitquant.data import load_data
 from vitquant.distributed import interleave
 from vitquant.evaluate import accuracy

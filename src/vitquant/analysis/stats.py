@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vitquant.analysis.hooks import Point, observation_points, observe
+from vitquant.analysis.merges import chan_merge
 from vitquant.distributed import DistContext
 from vitquant.errors import VitquantError
 
@@ -96,46 +97,6 @@ def _float32_at_least(v: float) -> float:
     if float(f) < v:
         f = np.nextafter(f, np.float32(np.inf))
     return float(f)
-
-
-def chan_merge(
-    a: tuple[int, float, float], b: tuple[int, float, float]
-) -> tuple[int, float, float]:
-    """Chan et al.'s pairwise merge of ``(count, mean, M2)`` summaries, in float64."""
-    n_a, mean_a, m2_a = a
-    n_b, mean_b, m2_b = b
-    if n_b == 0:
-        return a
-    total = n_a + n_b
-    delta = mean_b - mean_a
-    return total, mean_a + delta * n_b / total, m2_a + (m2_b + delta * delta * n_a * n_b / total)
-
-
-def merge_samples(
-    parts: list[tuple[int, np.ndarray]], size: int, rng: np.random.Generator
-) -> tuple[int, np.ndarray]:
-    """One uniform sample of at most ``size`` values from uniform samples of disjoint streams.
-
-    Args:
-        parts: ``(values seen, sample)`` per stream, each sample of ``min(size, seen)`` values.
-        size: the merged sample's capacity.
-        rng: draws how many values each stream contributes (hypergeometric) and which.
-
-    Returns:
-        ``(values seen in all, merged sample)``.
-    """
-    seen, values = 0, np.empty(0, dtype=np.float32)
-    for m, sample in parts:
-        if m == 0:
-            continue
-        k = min(size, seen + m)
-        # How many of the k slots the new stream wins: hypergeometric over old vs new values.
-        new = int(rng.hypergeometric(m, seen, k)) if seen else k
-        keep = rng.choice(len(values), k - new, replace=False) if k - new else []
-        pick = rng.choice(len(sample), new, replace=False) if new else []
-        values = np.concatenate([values[keep], np.asarray(sample, dtype=np.float32)[pick]])
-        seen += m
-    return seen, values
 
 
 class Reservoir:

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from vitquant.analysis.stats import PointAccumulator, chan_merge, merge_samples
+from vitquant.analysis.merges import chan_merge, merge_samples
+from vitquant.analysis.stats import PointAccumulator
 from vitquant.distributed import DistContext, all_gather_objects, all_reduce_
 
 

@@ -1,0 +1,49 @@
+"""Merging summaries of disjoint streams: moments (Chan et al.) and uniform samples.
+
+Used within one process (a batch's moments into the running ones) and across ``torchrun`` ranks
+(``stats_merge``). Pure functions of their inputs, so they are tested against NumPy directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def chan_merge(
+    a: tuple[int, float, float], b: tuple[int, float, float]
+) -> tuple[int, float, float]:
+    """Chan et al.'s pairwise merge of ``(count, mean, M2)`` summaries, in float64."""
+    n_a, mean_a, m2_a = a
+    n_b, mean_b, m2_b = b
+    if n_b == 0:
+        return a
+    total = n_a + n_b
+    delta = mean_b - mean_a
+    return total, mean_a + delta * n_b / total, m2_a + (m2_b + delta * delta * n_a * n_b / total)
+
+
+def merge_samples(
+    parts: list[tuple[int, np.ndarray]], size: int, rng: np.random.Generator
+) -> tuple[int, np.ndarray]:
+    """One uniform sample of at most ``size`` values from uniform samples of disjoint streams.
+
+    Args:
+        parts: ``(values seen, sample)`` per stream, each sample of ``min(size, seen)`` values.
+        size: the merged sample's capacity.
+        rng: draws how many values each stream contributes (hypergeometric) and which.
+
+    Returns:
+        ``(values seen in all, merged sample)``.
+    """
+    seen, values = 0, np.empty(0, dtype=np.float32)
+    for m, sample in parts:
+        if m == 0:
+            continue
+        k = min(size, seen + m)
+        # How many of the k slots the new stream wins: hypergeometric over old vs new values.
+        new = int(rng.hypergeometric(m, seen, k)) if seen else k
+        keep = rng.choice(len(values), k - new, replace=False) if k - new else []
+        pick = rng.choice(len(sample), new, replace=False) if new else []
+        values = np.concatenate([values[keep], np.asarray(sample, dtype=np.float32)[pick]])
+        seen += m
+    return seen, values
