@@ -48,11 +48,14 @@ def child(model_name: str, data: str, n: int, batch_size: int) -> dict:
     )
     seconds = time.perf_counter() - start
     return {
-        "images": len(bundle.calib_idx), "points": len(stats),
-        "values": int(sum(s.count for s in stats)), "peak_rss_mb_before": before,
-        "peak_rss_mb": _rss_mb(), "seconds": seconds,
+        "images": len(bundle.calib_idx),
+        "points": len(stats),
+        "values": int(sum(s.count for s in stats)),
+        "peak_rss_mb_before": before,
+        "peak_rss_mb": _rss_mb(),
+        "seconds": seconds,
         "mean_outlier_pct": sum(s.outlier_pct for s in stats) / len(stats),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -70,33 +73,55 @@ def main() -> None:
 
     runs = []
     for n in args.sizes:
-        cmd = [sys.executable, __file__, "--model", args.model, "--data", args.data,
-               "--batch-size", str(args.batch_size), "--child", str(n)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            args.model,
+            "--data",
+            args.data,
+            "--batch-size",
+            str(args.batch_size),
+            "--child",
+            str(n),
+        ]
         env = {**os.environ, "VITQUANT_QUIET": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"child for {n} images failed:\n{proc.stderr[-2000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         runs.append(result)
-        print(f"{n:>6} images: peak RSS {result['peak_rss_mb']:.1f} MB "
-              f"(after loading {result['peak_rss_mb_before']:.1f} MB), "
-              f"{result['seconds']:.1f} s")  # fmt: skip
+        print(
+            f"{n:>6} images: peak RSS {result['peak_rss_mb']:.1f} MB "
+            f"(after loading {result['peak_rss_mb_before']:.1f} MB), "
+            f"{result['seconds']:.1f} s"
+        )
     small, large = runs[0], runs[-1]
     growth = large["peak_rss_mb"] - small["peak_rss_mb"]
     payload = {
-        "benchmark": "analysis_memory", "model": args.model, "data": args.data,
-        "batch_size": args.batch_size, "runs": runs,
-        "growth_mb": growth, "limit_mb": LIMIT_MB, "passed": growth <= LIMIT_MB,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
-    }  # fmt: skip
+        "benchmark": "analysis_memory",
+        "model": args.model,
+        "data": args.data,
+        "batch_size": args.batch_size,
+        "runs": runs,
+        "growth_mb": growth,
+        "limit_mb": LIMIT_MB,
+        "passed": growth <= LIMIT_MB,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+    }
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from vitquant.io import write_json
 
     write_json(args.out, payload)
     verdict = "OK" if payload["passed"] else "FAILED"
-    print(f"{large['images']} vs {small['images']} images: {growth:+.1f} MB "
-          f"(limit +{LIMIT_MB:.0f} MB) {verdict}; wrote {args.out}")  # fmt: skip
+    print(
+        f"{large['images']} vs {small['images']} images: {growth:+.1f} MB "
+        f"(limit +{LIMIT_MB:.0f} MB) {verdict}; wrote {args.out}"
+    )
     if not payload["passed"]:
         sys.exit(1)
 

@@ -36,9 +36,12 @@ def measure(
     loaded = load_model(model_name)
     bundle = load_data(data, calib=calib)
     job = QuantizeJob(
-        static=StaticPTQ(backend="xnnpack", calib=calib), variants=("fp32", *variants),
-        onnx=False, export="pte", threads=threads,
-    )  # fmt: skip
+        static=StaticPTQ(backend="xnnpack", calib=calib),
+        variants=("fp32", *variants),
+        onnx=False,
+        export="pte",
+        threads=threads,
+    )
     start = time.perf_counter()
     result = run_variants(loaded.model, bundle, loaded.spec, job, artifacts=artifacts, log=print)
     rows = {(r.variant, r.backend): r for r in result.rows}
@@ -47,11 +50,17 @@ def measure(
         for v in variants
     }
     return {
-        "model": model_name, "data": data, "n_test": rows[("fp32", "pytorch")].n,
-        "threads": result.threads, "rows": [r.to_dict() for r in result.rows], "gap_pts": gaps,
-        "target_pts": TARGET_PTS, "met": all(g <= TARGET_PTS for g in gaps.values()),
-        "notes": result.notes, "seconds": time.perf_counter() - start,
-    }  # fmt: skip
+        "model": model_name,
+        "data": data,
+        "n_test": rows[("fp32", "pytorch")].n,
+        "threads": result.threads,
+        "rows": [r.to_dict() for r in result.rows],
+        "gap_pts": gaps,
+        "target_pts": TARGET_PTS,
+        "met": all(g <= TARGET_PTS for g in gaps.values()),
+        "notes": result.notes,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -68,8 +77,12 @@ def main() -> None:
         measure(m, args.data, args.threads, args.calib, args.out.with_suffix("") / m, args.variants)
         for m in args.models
     ]
-    doc = {"benchmark": "executorch_xnnpack", "machine": platform.platform(),
-           "python": platform.python_version(), "runs": runs}  # fmt: skip
+    doc = {
+        "benchmark": "executorch_xnnpack",
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "runs": runs,
+    }
     from vitquant.io import write_json
 
     write_json(args.out, doc)
@@ -80,11 +93,15 @@ def main() -> None:
             f"{fp32['latency_ms_per_image']:.3f} ms/img ({r['threads']} thread(s), batch 1)"
         )
         for v, gap in r["gap_pts"].items():
-            pt2e, pte = (next(x for x in r["rows"] if x["variant"] == v and x["backend"] == b)
-                         for b in ("pt2e-xnnpack", "executorch-xnnpack"))  # fmt: skip
-            print(f"  {v}: pt2e-xnnpack {pt2e['accuracy']:.4f} | .pte {pte['accuracy']:.4f} "
-                  f"(gap {gap:.2f} pts, target <= {TARGET_PTS}) | {pte['size_mb']:.3f} MiB | "
-                  f"{pte['latency_ms_per_image']:.3f} ms/img")  # fmt: skip
+            pt2e, pte = (
+                next(x for x in r["rows"] if x["variant"] == v and x["backend"] == b)
+                for b in ("pt2e-xnnpack", "executorch-xnnpack")
+            )
+            print(
+                f"  {v}: pt2e-xnnpack {pt2e['accuracy']:.4f} | .pte {pte['accuracy']:.4f} "
+                f"(gap {gap:.2f} pts, target <= {TARGET_PTS}) | {pte['size_mb']:.3f} MiB | "
+                f"{pte['latency_ms_per_image']:.3f} ms/img"
+            )
     print(f"wrote {args.out}")
     if not all(r["met"] for r in runs):
         sys.exit(1)

@@ -37,11 +37,31 @@ def forced_qat_pipeline(tmp_path_factory, digits_models) -> Path:
 
     out = tmp_path_factory.mktemp("pipeline-run") / "run"
     args = [
-        "pipeline", "digits_vit", "--data", "digits", "--max-drop", "0", "--force-qat",
-        "--trials", "2", "--qat-epochs", "1", "--qat-train-limit", "256", "--no-lower",
-        "--stats-images", "128", "--val", "150", "--calib", "128", "--out", str(out / "pipeline"),
-    ]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "vitquant", *args], capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+        "pipeline",
+        "digits_vit",
+        "--data",
+        "digits",
+        "--max-drop",
+        "0",
+        "--force-qat",
+        "--trials",
+        "2",
+        "--qat-epochs",
+        "1",
+        "--qat-train-limit",
+        "256",
+        "--no-lower",
+        "--stats-images",
+        "128",
+        "--val",
+        "150",
+        "--calib",
+        "128",
+        "--out",
+        str(out / "pipeline"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitquant", *args], capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out

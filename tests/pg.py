@@ -42,8 +42,11 @@ def _free_port() -> int:
 def _run_as(user: str | None, cmd: list[str]) -> subprocess.CompletedProcess:
     if user is not None:
         runuser = shutil.which("runuser")
-        cmd = [runuser, "-u", user, "--", *cmd] if runuser else ["su", user, "-s", "/bin/sh",
-                                                                "-c", " ".join(cmd)]  # fmt: skip
+        cmd = (
+            [runuser, "-u", user, "--", *cmd]
+            if runuser
+            else ["su", user, "-s", "/bin/sh", "-c", " ".join(cmd)]
+        )
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -70,13 +73,17 @@ def postgres_server() -> Iterator[str]:
     port = _free_port()
     started = False
     try:
-        init = _run_as(user, [initdb, "-D", str(data), "-U", "postgres", "--auth=trust",
-                              "-E", "UTF8", "--no-sync"])  # fmt: skip
+        init = _run_as(
+            user,
+            [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        )
         if init.returncode:
             pytest.fail(f"initdb failed: {init.stdout}\n{init.stderr}")
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        start = _run_as(user, [pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                               "-o", options, "start"])  # fmt: skip
+        start = _run_as(
+            user,
+            [pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start"],
+        )
         if start.returncode:
             text = log.read_text() if log.exists() else ""
             pytest.fail(f"pg_ctl start failed: {start.stdout}\n{start.stderr}\n{text}")
@@ -95,8 +102,7 @@ def _create_database(port: int, name: str) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres",
-                                    dbname="postgres")  # fmt: skip
+            conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
             break
         except psycopg2.OperationalError:
             if time.monotonic() > deadline:

@@ -16,8 +16,9 @@ from vitquant.registry import load_model
 def main(out: Path) -> None:
     bundle = load_data("digits", val=100, calib=64)
     loaded = load_model("digits_cnn")
-    cfg = QATConfig(epochs=2, lr=0.02, batch_size=64, train_limit=256, augment=False,
-                    freeze_observers_after=1)  # fmt: skip
+    cfg = QATConfig(
+        epochs=2, lr=0.02, batch_size=64, train_limit=256, augment=False, freeze_observers_after=1
+    )
     last = {}
 
     def keep_last(epoch, record, module) -> None:
@@ -27,8 +28,10 @@ def main(out: Path) -> None:
     result = run_qat(loaded.model, loaded.spec, bundle, cfg, log=print, on_epoch=keep_last)
     rank = dist.get_rank()
     state = {k: v.detach().clone() for k, v in result.prepared.state_dict().items()}
-    torch.save({"state": state, "last_state": last, "world": result.world_size,
-                "history": result.history}, out / f"rank{rank}.pt")  # fmt: skip
+    torch.save(
+        {"state": state, "last_state": last, "world": result.world_size, "history": result.history},
+        out / f"rank{rank}.pt",
+    )
     dist.destroy_process_group()
 
 

@@ -95,9 +95,11 @@ def test_cnn_observes_only_linear_and_conv(digits_models):
     model = load_model("digits_cnn").model
     points = observation_points(model, _example("digits_cnn"), family="cnn")
     assert [(p.point, p.module, p.kind) for p in points] == [
-        ("conv1", "conv1", "conv"), ("conv2", "conv2", "conv"), ("conv3", "conv3", "conv"),
+        ("conv1", "conv1", "conv"),
+        ("conv2", "conv2", "conv"),
+        ("conv3", "conv3", "conv"),
         ("fc", "fc", "head"),
-    ]  # fmt: skip
+    ]
     assert all(p.channel_dim == 1 for p in points[:3])
 
 
@@ -119,6 +121,9 @@ def test_kinds_and_blocks_of_cnn_layers():
     assert layer_kind("classifier.1", nn.Linear(8, 2), head="classifier.1") == "head"
     blocks = block_names(["conv1", "layer1.0.conv1", "layer1.1.conv2", "layer2.0.conv1", "fc"])
     assert blocks == {
-        "conv1": (None, None), "layer1.0.conv1": (0, "layer1.0"),
-        "layer1.1.conv2": (1, "layer1.1"), "layer2.0.conv1": (2, "layer2.0"), "fc": (None, None),
-    }  # fmt: skip
+        "conv1": (None, None),
+        "layer1.0.conv1": (0, "layer1.0"),
+        "layer1.1.conv2": (1, "layer1.1"),
+        "layer2.0.conv1": (2, "layer2.0"),
+        "fc": (None, None),
+    }

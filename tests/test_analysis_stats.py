@@ -22,9 +22,17 @@ def numpy_reference(a: np.ndarray) -> dict:
     iqr = q3 - q1
     out = (a < q1 - 1.5 * iqr) | (a > q3 + 1.5 * iqr)
     return {
-        "q1": q1, "median": med, "q3": q3, "outlier_pct": 100 * out.mean(), "mean": a.mean(),
-        "std": a.std(), "min": a.min(), "max": a.max(), "inside": a[~out], "out": a[out],
-    }  # fmt: skip
+        "q1": q1,
+        "median": med,
+        "q3": q3,
+        "outlier_pct": 100 * out.mean(),
+        "mean": a.mean(),
+        "std": a.std(),
+        "min": a.min(),
+        "max": a.max(),
+        "inside": a[~out],
+        "out": a[out],
+    }
 
 
 def _cases():
@@ -66,10 +74,12 @@ def test_stream_stats_equal_numpy(name, batches):
 
 def test_sortable_keys_preserve_float_order():
     rng = np.random.default_rng(0)
-    x = np.concatenate([
-        rng.standard_normal(1000) * 10.0 ** rng.integers(-40, 30, 1000),
-        [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38],
-    ]).astype(np.float32)  # fmt: skip
+    x = np.concatenate(
+        [
+            rng.standard_normal(1000) * 10.0 ** rng.integers(-40, 30, 1000),
+            [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38],
+        ]
+    ).astype(np.float32)
     keys = sortable_keys(torch.from_numpy(x)).numpy().astype(np.int64)
     order = np.argsort(keys, kind="stable")
     assert np.all(np.diff(x[order].astype(np.float64)) >= 0)
@@ -117,8 +127,10 @@ def test_model_outlier_pct_matches_numpy_on_raw_outputs(digits_vit):
     example, _ = next(bundle.batches("calib", spec, batch_size=2))
     points = observation_points(model, example, family=spec.family)
     n_batches = 0
-    with torch.no_grad(), observe(model, points, lambda p, o: raw.setdefault(p.point, []).append(
-        o.numpy().copy())):  # fmt: skip
+    with (
+        torch.no_grad(),
+        observe(model, points, lambda p, o: raw.setdefault(p.point, []).append(o.numpy().copy())),
+    ):
         for x, _ in bundle.batches("calib", spec, batch_size=32):
             model(x)
             n_batches += 1

@@ -84,8 +84,11 @@ def vit(digits_models):
 def test_weight_stats_against_numpy(vit):
     rows = weight_stats(vit)
     params = dict(vit.named_parameters())
-    assert [r.name for r in rows][:3] == ["patch_embed.proj", "blocks.0.attn.qkv",
-                                         "blocks.0.attn.proj"]  # fmt: skip
+    assert [r.name for r in rows][:3] == [
+        "patch_embed.proj",
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+    ]
     for r in rows:
         w = params[r.param].detach().numpy()
         a = w.astype(np.float64).reshape(-1)

@@ -31,8 +31,18 @@ def _png_size(path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def analyzed(tmp_path_factory, digits_models):
     out = tmp_path_factory.mktemp("an") / "digits_vit"
-    proc = run("analyze", "digits_vit", "--data", "digits", "--calib", "80", "--batch-size",
-               "32", "--out", str(out))  # fmt: skip
+    proc = run(
+        "analyze",
+        "digits_vit",
+        "--data",
+        "digits",
+        "--calib",
+        "80",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -47,8 +57,14 @@ def test_analyze_json_matches_numpy(analyzed):
     example, _ = next(bundle.batches("calib", loaded.spec, batch_size=2))
     points = observation_points(loaded.model, example, family="vit")
     raw: dict[str, list] = {}
-    with torch.no_grad(), observe(loaded.model, points, lambda p, o: raw.setdefault(
-            p.point, []).append(o.numpy().ravel().copy())):  # fmt: skip
+    with (
+        torch.no_grad(),
+        observe(
+            loaded.model,
+            points,
+            lambda p, o: raw.setdefault(p.point, []).append(o.numpy().ravel().copy()),
+        ),
+    ):
         for x, _ in bundle.batches("calib", loaded.spec, batch_size=32):
             loaded.model(x)
     assert [r["point"] for r in result["layers"]] == [p.point for p in points]
@@ -95,8 +111,13 @@ def test_analyze_csv_and_figures(analyzed):
     for name in result["figures"].values():
         width, height = _png_size(out / name)
         assert width > 400 and height > 200, name
-    assert set(result["figures"]) == {"activation_boxplots", "weight_histograms", "outlier_pct",
-                                      "change_score", "sqnr"}  # fmt: skip
+    assert set(result["figures"]) == {
+        "activation_boxplots",
+        "weight_histograms",
+        "outlier_pct",
+        "change_score",
+        "sqnr",
+    }
 
 
 def test_analyze_refuses_overwrite_and_bad_input(analyzed, tmp_path):
@@ -117,8 +138,18 @@ def test_analyze_refuses_overwrite_and_bad_input(analyzed, tmp_path):
 
 def test_sensitivity_command(tmp_path, digits_models):
     out = tmp_path / "sens"
-    proc = run("sensitivity", "digits_cnn", "--data", "digits", "--val", "60", "--calib", "32",
-               "--out", str(out))  # fmt: skip
+    proc = run(
+        "sensitivity",
+        "digits_cnn",
+        "--data",
+        "digits",
+        "--val",
+        "60",
+        "--calib",
+        "32",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "sensitivity.json").read_text())
     assert result["role"] == "val" and result["n_val"] == 60

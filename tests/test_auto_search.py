@@ -42,8 +42,9 @@ def test_bisect_finds_the_smallest_good_k_in_log_steps(threshold):
 def test_select_ignore_bisect_returns_its_smallest_passing_step(digits, digits_models):
     vit = load_model("digits_vit")
     ranking = ["blocks.2.mlp.fc2", "head", "blocks.1.mlp.fc2", "blocks.0.attn.qkv"]
-    result = select_ignore(vit.model, digits, vit.spec, max_drop=0.0, ranking=ranking,
-                           search="bisect")  # fmt: skip
+    result = select_ignore(
+        vit.model, digits, vit.spec, max_drop=0.0, ranking=ranking, search="bisect"
+    )
     assert len(result.steps) <= 1 + 1 + math.ceil(math.log2(len(ranking)))
     for s in result.steps:
         k = len(s["ignored"])
@@ -105,8 +106,7 @@ def test_lowered_model_pads_chunks_without_changing_rows(digits, digits_models):
 
 
 @pytest.mark.parametrize("backend", ["x86", "xnnpack"])
-def test_cached_calibration_gives_the_same_model_without_the_images(digits, digits_models,
-                                                                    backend):  # fmt: skip
+def test_cached_calibration_gives_the_same_model_without_the_images(digits, digits_models, backend):
     """Observers record float tensors, so the full graph's calibration serves any ignore list:
     the converted model is identical, and only the export example is read from calib."""
     from vitquant.quant.configs import StaticPTQ
@@ -127,8 +127,9 @@ def test_cached_calibration_gives_the_same_model_without_the_images(digits, digi
                 yield batch
 
     counting = Counting(digits)
-    cached = quantize_static(vit.model, counting, vit.spec, cfg, ignore=ignore,
-                             calibration=full.calibration)  # fmt: skip
+    cached = quantize_static(
+        vit.model, counting, vit.spec, cfg, ignore=ignore, calibration=full.calibration
+    )
     assert counting.batches_read == 1  # the export example only; 3 batches without the cache
     assert cached.ignored == direct.ignored == sorted(ignore)
     x, _ = next(digits.batches("test", vit.spec, batch_size=128))

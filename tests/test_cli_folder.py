@@ -42,8 +42,20 @@ def folder(tmp_path_factory):
 def test_eval_on_a_folder_equals_timms_loop_and_notes_the_clipped_calib(folder, tmp_path):
     root, model = folder
     out = tmp_path / "ev"
-    proc = run("eval", "timm:test_vit", "--checkpoint", str(root / "ckpt.pt"), "--data",
-               str(root), "--val", "60", "--calib", "100", "--out", str(out))  # fmt: skip
+    proc = run(
+        "eval",
+        "timm:test_vit",
+        "--checkpoint",
+        str(root / "ckpt.pt"),
+        "--data",
+        str(root),
+        "--val",
+        "60",
+        "--calib",
+        "100",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "eval.json").read_text())
     note = "--calib 100 asked, only 60 available: using 60"
@@ -69,8 +81,20 @@ def test_a_broken_image_mid_run_is_one_line_exit_2_and_nothing_written(folder, t
         (root / "test" / "c" / "0.jpg").read_bytes()[:300]
     )
     out = tmp_path / "ev"
-    proc = run("eval", "timm:test_vit", "--checkpoint", str(root / "ckpt.pt"), "--data",
-               str(broken), "--val", "3", "--calib", "3", "--out", str(out))  # fmt: skip
+    proc = run(
+        "eval",
+        "timm:test_vit",
+        "--checkpoint",
+        str(root / "ckpt.pt"),
+        "--data",
+        str(broken),
+        "--val",
+        "3",
+        "--calib",
+        "3",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: cannot read image")

@@ -30,9 +30,12 @@ def _loud_again():
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vitquant", *args], capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "vitquant", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -45,8 +48,17 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 def test_a_fresh_cache_trains_the_digits_model_and_says_so(tmp_path):
     cache = tmp_path / "cache"
     out = tmp_path / "ev"
-    proc = run("eval", "digits_vit", "--data", "digits", "--limit", "50", "--out", str(out),
-               env={"VITQUANT_CACHE": str(cache)})  # fmt: skip
+    proc = run(
+        "eval",
+        "digits_vit",
+        "--data",
+        "digits",
+        "--limit",
+        "50",
+        "--out",
+        str(out),
+        env={"VITQUANT_CACHE": str(cache)},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if "no cached checkpoint" in line]
     assert lines == ["digits_vit: no cached checkpoint, training it (about 20 s) ..."]
@@ -190,10 +202,24 @@ def test_weight_options_are_offered(command):
 def test_qat_trains_random_weights_on_request(tmp_path):
     out = tmp_path / "qat"
     proc = run(
-        "qat", "digits_cnn", "--random-weights", "--epochs", "1", "--train-limit", "64",
-        "--calib", "32", "--val", "50", "--limit", "50", "--no-onnx", "--no-latency",
-        "--out", str(out),
-    )  # fmt: skip
+        "qat",
+        "digits_cnn",
+        "--random-weights",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "64",
+        "--calib",
+        "32",
+        "--val",
+        "50",
+        "--limit",
+        "50",
+        "--no-onnx",
+        "--no-latency",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((out / "qat.json").read_text())
     assert result["checkpoint"] == "random"
@@ -203,10 +229,27 @@ def test_qat_trains_random_weights_on_request(tmp_path):
 def test_pipeline_no_qat_skips_qat_and_records_why(tmp_path, digits_models):
     out = tmp_path / "pipeline"
     proc = run(
-        "pipeline", "digits_vit", "--data", "digits", "--max-drop", "0", "--no-qat",
-        "--no-lower", "--stats-images", "64", "--val", "100", "--calib", "64", "--limit", "100",
-        "--sensitivity-limit", "50", "--out", str(out),
-    )  # fmt: skip
+        "pipeline",
+        "digits_vit",
+        "--data",
+        "digits",
+        "--max-drop",
+        "0",
+        "--no-qat",
+        "--no-lower",
+        "--stats-images",
+        "64",
+        "--val",
+        "100",
+        "--calib",
+        "64",
+        "--limit",
+        "100",
+        "--sensitivity-limit",
+        "50",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((out / "pipeline.json").read_text())
     assert result["config"]["qat"] is False

@@ -81,8 +81,9 @@ def test_training_transform_is_timms(photos):
     loaded = load_model("timm:test_vit", checkpoint=ckpt, num_classes=2)
     bundle = load_data(root, val=0, calib=0)
     gen = torch.Generator().manual_seed(0)
-    train_x, _ = next(bundle.batches("test", loaded.spec, batch_size=6, augment=True,
-                                     generator=gen, workers=0))  # fmt: skip
+    train_x, _ = next(
+        bundle.batches("test", loaded.spec, batch_size=6, augment=True, generator=gen, workers=0)
+    )
     eval_x, _ = next(bundle.batches("test", loaded.spec, batch_size=6, workers=0))
     assert train_x.shape == eval_x.shape == (6, 3, 160, 160)
     assert not torch.allclose(train_x, eval_x)

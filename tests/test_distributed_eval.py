@@ -33,15 +33,44 @@ def torchrun(tmp_path_factory, digits_models) -> tuple[Path, str]:
     common = ["digits_vit", "--data", "digits"]
     commands = [
         ["eval", *common, "--out", str(out / "eval")],
-        ["analyze", *common, "--calib", str(CALIB), "--batch-size", str(BATCH), "--no-plots",
-         "--out", str(out / "analyze")],
-        ["sensitivity", *common, "--val", str(SENS_VAL), "--calib", str(SENS_CALIB),
-         "--layers", ",".join(SENS_LAYERS), "--batch-size", str(BATCH), "--no-plots",
-         "--out", str(out / "sensitivity")],
-    ]  # fmt: skip
+        [
+            "analyze",
+            *common,
+            "--calib",
+            str(CALIB),
+            "--batch-size",
+            str(BATCH),
+            "--no-plots",
+            "--out",
+            str(out / "analyze"),
+        ],
+        [
+            "sensitivity",
+            *common,
+            "--val",
+            str(SENS_VAL),
+            "--calib",
+            str(SENS_CALIB),
+            "--layers",
+            ",".join(SENS_LAYERS),
+            "--batch-size",
+            str(BATCH),
+            "--no-plots",
+            "--out",
+            str(out / "sensitivity"),
+        ],
+    ]
     env = {**os.environ, "VITQUANT_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(WORKER), json.dumps(commands)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(WORKER),
+        json.dumps(commands),
+    ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, run.stdout
@@ -71,9 +100,25 @@ def test_eval_accuracy_equals_one_process(torchrun, vit):
     assert result["accuracy"] == expected  # exactly: the same 360 predictions
 
 
-EXACT = ("count", "min", "max", "q1", "median", "q3", "iqr", "lower_fence", "upper_fence",
-         "outlier_count", "outlier_pct", "significant", "whisker_low", "whisker_high",
-         "n_channels", "channel_absmax_max", "channel_absmax_median")  # fmt: skip
+EXACT = (
+    "count",
+    "min",
+    "max",
+    "q1",
+    "median",
+    "q3",
+    "iqr",
+    "lower_fence",
+    "upper_fence",
+    "outlier_count",
+    "outlier_pct",
+    "significant",
+    "whisker_low",
+    "whisker_high",
+    "n_channels",
+    "channel_absmax_max",
+    "channel_absmax_median",
+)
 
 
 def test_analyze_figures_equal_one_process(torchrun, vit):
@@ -99,12 +144,20 @@ def test_sensitivity_figures_equal_one_process(torchrun, vit):
     out, _ = torchrun
     result = _json(out / "sensitivity" / "sensitivity.json")
     bundle = load_data("digits", calib=SENS_CALIB, val=SENS_VAL)
-    ref = per_layer_sensitivity(vit.model, bundle, vit.spec, layers=SENS_LAYERS,
-                                batch_size=BATCH, progress=False)  # fmt: skip
+    ref = per_layer_sensitivity(
+        vit.model, bundle, vit.spec, layers=SENS_LAYERS, batch_size=BATCH, progress=False
+    )
     assert [r["name"] for r in result["layers"]] == [r.name for r in ref]
     for row, r in zip(result["layers"], ref, strict=True):
-        for key in ("float_acc", "only_acc", "only_agreement", "all_but_acc", "all_but_agreement",
-                    "all_acc", "rank"):  # fmt: skip
+        for key in (
+            "float_acc",
+            "only_acc",
+            "only_agreement",
+            "all_but_acc",
+            "all_but_agreement",
+            "all_acc",
+            "rank",
+        ):
             assert row[key] == getattr(r, key), (r.name, key)  # ratios of counts: exact
         for key in ("only_kl", "all_but_kl", "all_kl"):
             assert row[key] == pytest.approx(getattr(r, key), rel=1e-9, abs=1e-15), (r.name, key)

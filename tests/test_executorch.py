@@ -69,8 +69,13 @@ def test_xnnpack_config_is_executorchs_symmetric_recipe(vit, digits):
 def test_xnnpack_ignore_list_keeps_exactly_those_layers_float(vit, digits):
     cfg = StaticPTQ(backend="xnnpack", calib=128)
     qm = quantize_static(vit.model, digits, vit.spec, cfg, ignore=["head", "blocks.1.*"])
-    floats = ["blocks.1.attn.qkv", "blocks.1.attn.proj", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2",
-              "head"]  # fmt: skip
+    floats = [
+        "blocks.1.attn.qkv",
+        "blocks.1.attn.proj",
+        "blocks.1.mlp.fc1",
+        "blocks.1.mlp.fc2",
+        "head",
+    ]
     assert qm.ignored == floats and qm.float_layers == floats
     dtypes = weight_dtypes(qm.module)
     assert all(dtypes[n] == torch.float32 for n in floats)
@@ -81,8 +86,11 @@ def test_xnnpack_ignore_list_keeps_exactly_those_layers_float(vit, digits):
 def test_xnnpack_other_observer_and_symmetric_activations(cnn, digits):
     cfg = StaticPTQ(backend="xnnpack", observer="minmax", symmetric_activations=True, calib=128)
     qm = quantize_static(cnn.model, digits, cnn.spec, cfg)
-    acts = [n for n in qm.module.graph.nodes if "quantize_per_tensor" in str(n.target)
-            and "dequantize" not in str(n.target)]  # fmt: skip
+    acts = [
+        n
+        for n in qm.module.graph.nodes
+        if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)
+    ]
     assert acts and all(n.args[2] == 0 and n.args[-1] == torch.int8 for n in acts)
 
 

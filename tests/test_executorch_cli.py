@@ -19,9 +19,23 @@ PTE = "executorch-xnnpack"
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory, digits_models):
     out = tmp_path_factory.mktemp("xnn") / "run"
-    proc = run("quantize", "digits_cnn", "--method", "static", "--quantizer", "xnnpack",
-               "--export", "pte", "--ignore", "fc", "--no-onnx", "--threads", "1",
-               "--out", str(out))  # fmt: skip
+    proc = run(
+        "quantize",
+        "digits_cnn",
+        "--method",
+        "static",
+        "--quantizer",
+        "xnnpack",
+        "--export",
+        "pte",
+        "--ignore",
+        "fc",
+        "--no-onnx",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "quantize.json").read_text()), proc.stdout
 
@@ -30,9 +44,12 @@ def test_quantize_adds_a_pte_row_per_static_variant(quantized):
     out, doc, stdout = quantized
     rows = {(r["variant"], r["backend"]): r for r in doc["results"]}
     assert set(rows) == {
-        ("fp32", "pytorch"), ("static", "pt2e-xnnpack"), ("static", PTE),
-        ("static-ignore", "pt2e-xnnpack"), ("static-ignore", PTE),
-    }  # fmt: skip
+        ("fp32", "pytorch"),
+        ("static", "pt2e-xnnpack"),
+        ("static", PTE),
+        ("static-ignore", "pt2e-xnnpack"),
+        ("static-ignore", PTE),
+    }
     assert doc["job"]["static"]["backend"] == "xnnpack" and doc["job"]["export"] == "pte"
     cnn = load_model("digits_cnn")
     digits = load_data("digits")
@@ -86,9 +103,23 @@ def test_bad_quantizer_or_export_exits_2_and_writes_nothing(args, message, tmp_p
 
 def test_qat_with_xnnpack_deploys_a_pte(tmp_path, digits_models):
     out = tmp_path / "qat"
-    proc = run("qat", "digits_cnn", "--quantizer", "xnnpack", "--export", "pte", "--epochs",
-               "1", "--train-limit", "256", "--no-onnx", "--threads", "1",
-               "--out", str(out))  # fmt: skip
+    proc = run(
+        "qat",
+        "digits_cnn",
+        "--quantizer",
+        "xnnpack",
+        "--export",
+        "pte",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--no-onnx",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "qat.json").read_text())
     rows = {r["backend"]: r for r in doc["results"]}
@@ -108,9 +139,26 @@ def test_qat_with_xnnpack_deploys_a_pte(tmp_path, digits_models):
 
 def test_pipeline_offers_each_pte_program_to_the_final_choice(tmp_path, digits_models):
     out = tmp_path / "pipe"
-    proc = run("pipeline", "digits_cnn", "--quantizer", "xnnpack", "--export", "pte",
-               "--max-drop", "1", "--stats-images", "128", "--val", "150", "--calib", "128",
-               "--threads", "1", "--out", str(out))  # fmt: skip
+    proc = run(
+        "pipeline",
+        "digits_cnn",
+        "--quantizer",
+        "xnnpack",
+        "--export",
+        "pte",
+        "--max-drop",
+        "1",
+        "--stats-images",
+        "128",
+        "--val",
+        "150",
+        "--calib",
+        "128",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "pipeline.json").read_text())
     rows = [(r["variant"], r["backend"]) for r in doc["results"]]
@@ -130,8 +178,21 @@ def test_pipeline_offers_each_pte_program_to_the_final_choice(tmp_path, digits_m
 
 def test_dynamic_with_xnnpack_is_the_quantizers_dynamic_config_lowered(tmp_path, digits_models):
     out = tmp_path / "dyn"
-    proc = run("quantize", "digits_vit", "--method", "dynamic", "--quantizer", "xnnpack",
-               "--export", "pte", "--no-onnx", "--threads", "1", "--out", str(out))  # fmt: skip
+    proc = run(
+        "quantize",
+        "digits_vit",
+        "--method",
+        "dynamic",
+        "--quantizer",
+        "xnnpack",
+        "--export",
+        "pte",
+        "--no-onnx",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "quantize.json").read_text())
     rows = {(r["variant"], r["backend"]): r for r in doc["results"]}
@@ -145,8 +206,10 @@ def test_dynamic_with_xnnpack_is_the_quantizers_dynamic_config_lowered(tmp_path,
     # the saved dynamic graph and program reload and score the same
     proc = run("bench", str(out), "--threads", "1", "--no-lower")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    bench = {(r["variant"], r["backend"]): r for r in
-             json.loads((out / "bench.json").read_text())["results"]}  # fmt: skip
+    bench = {
+        (r["variant"], r["backend"]): r
+        for r in json.loads((out / "bench.json").read_text())["results"]
+    }
     for key in (("dynamic", "pt2e-xnnpack"), ("dynamic", PTE)):
         assert bench[key]["accuracy"] == pytest.approx(rows[key]["accuracy"])
 

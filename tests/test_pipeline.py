@@ -61,8 +61,9 @@ def test_final_choice_follows_the_documented_rule(result):
 
 
 def _variant(name, val_drop, latency, size):
-    row = ResultRow(variant=name, backend="x", accuracy=0.9, n=10, size_mb=size,
-                    latency_ms_per_image=latency)  # fmt: skip
+    row = ResultRow(
+        variant=name, backend="x", accuracy=0.9, n=10, size_mb=size, latency_ms_per_image=latency
+    )
     return Variant(row=row, val_acc=0.9 - val_drop / 100, val_drop_pts=val_drop)
 
 

@@ -17,15 +17,32 @@ from vitquant.registry import load_model
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vitquant", *args], capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "vitquant", *args], capture_output=True, text=True, timeout=900
+    )
 
 
 def test_qat_writes_results_and_deployable_artifacts(tmp_path, digits_models):
     out = tmp_path / "qat"
-    args = ("qat", "digits_vit", "--epochs", "1", "--train-limit", "192", "--calib", "64",
-            "--lr", "0.002", "--ignore", "head", "--no-latency", "--threads", "1",
-            "--out", str(out))  # fmt: skip
+    args = (
+        "qat",
+        "digits_vit",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "192",
+        "--calib",
+        "64",
+        "--lr",
+        "0.002",
+        "--ignore",
+        "head",
+        "--no-latency",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     proc = run(*args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((out / "qat.json").read_text())

@@ -27,7 +27,7 @@ def _snapshot(prepared) -> dict:
         "scales": {n: m.scale.clone() for n, m in fake_quant_modules(prepared).items()},
         "zero_points": {n: m.zero_point.clone() for n, m in fake_quant_modules(prepared).items()},
         "weights": {k: v.clone() for k, v in state.items() if k.endswith("conv2.weight")},
-    }  # fmt: skip
+    }
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -38,11 +38,24 @@ def _same(a: dict, b: dict) -> bool:
 def frozen_run(digits_models):
     bundle = load_data("digits", val=100, calib=64)
     loaded = load_model("digits_cnn")
-    cfg = QATConfig(epochs=3, lr=0.02, batch_size=32, train_limit=256, augment=False,
-                    freeze_observers_after=1, freeze_bn_after=2)  # fmt: skip
+    cfg = QATConfig(
+        epochs=3,
+        lr=0.02,
+        batch_size=32,
+        train_limit=256,
+        augment=False,
+        freeze_observers_after=1,
+        freeze_bn_after=2,
+    )
     snaps = {}
-    result = run_qat(loaded.model, loaded.spec, bundle, cfg, log=lambda s: None,
-                     on_epoch=lambda e, rec, m: snaps.__setitem__(e, _snapshot(m)))  # fmt: skip
+    result = run_qat(
+        loaded.model,
+        loaded.spec,
+        bundle,
+        cfg,
+        log=lambda s: None,
+        on_epoch=lambda e, rec, m: snaps.__setitem__(e, _snapshot(m)),
+    )
     return result, snaps
 
 
@@ -112,7 +125,13 @@ def test_train_mode_keeps_dropout_probabilities(digits_models):
 def test_bad_recipes_are_user_errors():
     from vitquant.errors import VitquantError
 
-    for kw in ({"epochs": 0}, {"lr": 0}, {"momentum": 1.0}, {"freeze_bn_after": -1},
-               {"optimizer": "adam"}, {"train_limit": 0}):  # fmt: skip
+    for kw in (
+        {"epochs": 0},
+        {"lr": 0},
+        {"momentum": 1.0},
+        {"freeze_bn_after": -1},
+        {"optimizer": "adam"},
+        {"train_limit": 0},
+    ):
         with pytest.raises(VitquantError):
             QATConfig(**kw)

@@ -30,8 +30,19 @@ def run(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory, digits_models):
     out = tmp_path_factory.mktemp("q") / "run"
-    proc = run("quantize", "digits_cnn", "--ignore", "fc", "--ignore", "conv1.weight",
-               "--no-lower", "--threads", "1", "--out", str(out))  # fmt: skip
+    proc = run(
+        "quantize",
+        "digits_cnn",
+        "--ignore",
+        "fc",
+        "--ignore",
+        "conv1.weight",
+        "--no-lower",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "quantize.json").read_text()), proc.stdout
 
@@ -40,10 +51,15 @@ def test_quantize_writes_one_row_per_variant_and_backend(quantized):
     out, doc, stdout = quantized
     rows = {(r["variant"], r["backend"]): r for r in doc["results"]}
     assert set(rows) == {
-        ("fp32", "pytorch"), ("fp32", "onnxruntime"), ("dynamic", "pytorch"),
-        ("dynamic", "onnxruntime"), ("static", "pt2e-x86"), ("static", "onnxruntime"),
-        ("static-ignore", "pt2e-x86"), ("static-ignore", "onnxruntime"),
-    }  # fmt: skip
+        ("fp32", "pytorch"),
+        ("fp32", "onnxruntime"),
+        ("dynamic", "pytorch"),
+        ("dynamic", "onnxruntime"),
+        ("static", "pt2e-x86"),
+        ("static", "onnxruntime"),
+        ("static-ignore", "pt2e-x86"),
+        ("static-ignore", "onnxruntime"),
+    }
     for r in doc["results"]:
         assert all(r[k] is not None for k in REQUIRED)
         assert 0 <= r["accuracy"] <= 1 and r["size_mb"] > 0 and r["latency_threads"] == 1

@@ -86,8 +86,9 @@ def test_static_qdq_keeps_ignored_layers_float_and_agrees_with_pt2e(
 
 def test_dynamic_uses_integer_matmuls_except_for_ignored_layers(vit, vit_onnx, digits, tmp_path):
     linears = [n for n in quantizable_names(vit.model) if n != "patch_embed.proj"]
-    oq = quantize_onnx_dynamic(vit_onnx, tmp_path / "dyn.onnx", ignore=["blocks.1.mlp.fc1"],
-                               modules=linears)  # fmt: skip
+    oq = quantize_onnx_dynamic(
+        vit_onnx, tmp_path / "dyn.onnx", ignore=["blocks.1.mlp.fc1"], modules=linears
+    )
     report = inspect_layers(oq.path, vit_onnx.module_nodes)
     assert report["blocks.0.mlp.fc1"]["integer_ops"] == ["MatMulInteger"]
     assert report["blocks.1.mlp.fc1"]["integer_ops"] == []

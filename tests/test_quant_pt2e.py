@@ -86,8 +86,13 @@ def test_per_channel_int8_weights_match_a_numpy_requantization(vit, digits):
 def test_ignore_list_keeps_exactly_those_layers_float(vit, digits):
     qm = quantize_static(vit.model, digits, vit.spec, ignore=["head", "blocks.1.*"])
     names = quantizable_names(vit.model)
-    floats = ["blocks.1.attn.qkv", "blocks.1.attn.proj", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2",
-              "head"]  # fmt: skip
+    floats = [
+        "blocks.1.attn.qkv",
+        "blocks.1.attn.proj",
+        "blocks.1.mlp.fc1",
+        "blocks.1.mlp.fc2",
+        "head",
+    ]
     assert qm.ignored == floats
     assert qm.float_layers == floats
     assert qm.int8_layers == [n for n in names if n not in floats]
@@ -101,8 +106,11 @@ def test_per_tensor_weights_and_symmetric_activations_shape_the_graph(cnn, digit
     qm = quantize_static(cnn.model, digits, cnn.spec, cfg)
     targets = [str(n.target) for n in qm.module.graph.nodes if n.op == "call_function"]
     assert not any("per_channel" in t for t in targets)
-    acts = [n for n in qm.module.graph.nodes if "quantize_per_tensor" in str(n.target)
-            and "dequantize" not in str(n.target)]  # fmt: skip
+    acts = [
+        n
+        for n in qm.module.graph.nodes
+        if "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)
+    ]
     assert acts and all(n.args[2] == 0 and n.args[-1] == torch.int8 for n in acts)
     assert qm.int8_layers == quantizable_names(cnn.model)
 
@@ -151,8 +159,9 @@ def test_select_ignore_walks_the_ranking_until_the_budget_holds(vit, digits):
 
 def test_top_k_sweep_clips_and_deduplicates_k(vit, digits):
     ranking = ["head", "blocks.0.mlp.fc1"]
-    rows = sweep_top_k(vit.model, digits, vit.spec, ranking=ranking, ks=(0, 1, 1, 50),
-                       roles=("val",))  # fmt: skip
+    rows = sweep_top_k(
+        vit.model, digits, vit.spec, ranking=ranking, ks=(0, 1, 1, 50), roles=("val",)
+    )
     assert [r["k"] for r in rows] == [0, 1, 2]
     assert [r["ignored"] for r in rows] == [[], ["head"], ranking]
     direct = quantize_static(vit.model, digits, vit.spec, ignore=["head"])

@@ -79,8 +79,11 @@ def test_from_cli_reads_a_file_with_comments_and_type_entries(tmp_path, vit):
     assert scope.names == ("head",) and scope.types == ("Conv2d",)
     assert scope.patterns == ("blocks.2.mlp.*",)
     assert scope.resolve(vit).modules == [
-        "patch_embed.proj", "blocks.2.mlp.fc1", "blocks.2.mlp.fc2", "head",
-    ]  # fmt: skip
+        "patch_embed.proj",
+        "blocks.2.mlp.fc1",
+        "blocks.2.mlp.fc2",
+        "head",
+    ]
     with pytest.raises(VitquantError, match="does not exist"):
         IgnoreScope.from_cli([], [], tmp_path / "missing.txt")
     assert not IgnoreScope.from_cli([], [])

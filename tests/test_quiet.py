@@ -68,12 +68,32 @@ def test_verbose_is_read_from_the_command_line_and_the_environment(monkeypatch):
 
 
 def quantize(tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    args = ["quantize", "digits_vit", "--data", "digits", "--method", "static", "--limit", "50",
-            "--calib", "32", "--val", "50", "--out", str(tmp_path), "--overwrite",
-            *extra]  # fmt: skip
+    args = [
+        "quantize",
+        "digits_vit",
+        "--data",
+        "digits",
+        "--method",
+        "static",
+        "--limit",
+        "50",
+        "--calib",
+        "32",
+        "--val",
+        "50",
+        "--out",
+        str(tmp_path),
+        "--overwrite",
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if k not in (quiet.ENV, "TORCH_LOGS")}
-    proc = subprocess.run([sys.executable, "-m", "vitquant", *args], capture_output=True,
-                          text=True, timeout=900, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitquant", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
 
@@ -95,11 +115,33 @@ def test_verbose_shows_the_noise_again(tmp_path, digits_models, where):
         proc = quantize(tmp_path, *extra, "--verbose")
     else:
         env = {k: v for k, v in os.environ.items() if k != quiet.ENV}
-        args = ["--verbose", "quantize", "digits_vit", "--data", "digits", "--method", "static",
-                "--limit", "50", "--calib", "32", "--val", "50", "--no-onnx", *extra,
-                "--out", str(tmp_path), "--overwrite"]  # fmt: skip
-        proc = subprocess.run([sys.executable, "-m", "vitquant", *args], capture_output=True,
-                              text=True, timeout=900, env=env)  # fmt: skip
+        args = [
+            "--verbose",
+            "quantize",
+            "digits_vit",
+            "--data",
+            "digits",
+            "--method",
+            "static",
+            "--limit",
+            "50",
+            "--calib",
+            "32",
+            "--val",
+            "50",
+            "--no-onnx",
+            *extra,
+            "--out",
+            str(tmp_path),
+            "--overwrite",
+        ]
+        proc = subprocess.run(
+            [sys.executable, "-m", "vitquant", *args],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"^W\d{4} .*_pytree", proc.stderr, re.M), proc.stderr
     if where == "after":

@@ -93,8 +93,11 @@ def test_a_timm_head_of_another_size_suggests_num_classes(tmp_path):
         load_model("timm:resnet10t", checkpoint=path, num_classes=10)
     err = caught.value
     assert (err.key, err.shape, err.checkpoint_classes, err.model_classes) == (
-        "fc.weight", (1000, 512), 1000, 10,
-    )  # fmt: skip
+        "fc.weight",
+        (1000, 512),
+        1000,
+        10,
+    )
     assert str(err) == (
         f"checkpoint {path} has a 1000-class head (fc.weight 1000x512) but the model is built "
         "for 10 classes; pass --num-classes 1000 with data of 1000 classes, or a checkpoint for "

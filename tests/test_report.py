@@ -11,8 +11,12 @@ from browser import inspect_page
 
 def test_report_loads_in_chromium_with_every_plot(forced_qat_pipeline):
     run = forced_qat_pipeline
-    proc = subprocess.run([sys.executable, "-m", "vitquant", "report", str(run)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitquant", "report", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     listed = json.loads((run / "report.json").read_text())
     pngs = sorted(str(p.relative_to(run)) for p in run.rglob("*.png"))

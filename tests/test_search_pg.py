@@ -26,19 +26,44 @@ def pg_url():
 
 def _search_cmd(url: str, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "vitquant", "search", "digits_vit", "--trials", str(TRIALS),
-        "--epochs", "1", "--train-limit", "128", "--calib", "64", "--storage", url,
-        "--study", "shared", "--no-final", "--no-prune", "--threads", "1", "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vitquant",
+        "search",
+        "digits_vit",
+        "--trials",
+        str(TRIALS),
+        "--epochs",
+        "1",
+        "--train-limit",
+        "128",
+        "--calib",
+        "64",
+        "--storage",
+        url,
+        "--study",
+        "shared",
+        "--no-final",
+        "--no-prune",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 def test_two_workers_fill_one_postgresql_study_exactly_once(tmp_path, pg_url, digits_models):
     env = {**os.environ, "VITQUANT_QUIET": "1"}
     procs = [
-        subprocess.Popen(_search_cmd(pg_url, tmp_path / f"w{i}"), env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            _search_cmd(pg_url, tmp_path / f"w{i}"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
@@ -49,8 +74,10 @@ def test_two_workers_fill_one_postgresql_study_exactly_once(tmp_path, pg_url, di
     assert [t.number for t in trials] == list(range(TRIALS))
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # ... and each was run by exactly one of the two workers, as the workers themselves report.
-    ran = [json.loads((tmp_path / f"w{i}" / "search.json").read_text())["worker"]["ran"]
-           for i in range(2)]  # fmt: skip
+    ran = [
+        json.loads((tmp_path / f"w{i}" / "search.json").read_text())["worker"]["ran"]
+        for i in range(2)
+    ]
     assert sorted(ran[0] + ran[1]) == list(range(TRIALS))
     assert not set(ran[0]) & set(ran[1])
     # Both workers' process ids appear on the trials they ran.

@@ -42,13 +42,32 @@ def test_killed_search_resumes_with_exactly_n_complete_trials(tmp_path, digits_m
     out = tmp_path / "search"
     storage = sqlite_url(out / "search.db")
     cmd = [
-        sys.executable, "-m", "vitquant", "search", "digits_vit", "--trials", str(TRIALS),
-        "--epochs", "2", "--train-limit", "192", "--calib", "64", "--study", "resume",
-        "--no-prune", "--no-latency", "--threads", "1", "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vitquant",
+        "search",
+        "digits_vit",
+        "--trials",
+        str(TRIALS),
+        "--epochs",
+        "2",
+        "--train-limit",
+        "192",
+        "--calib",
+        "64",
+        "--study",
+        "resume",
+        "--no-prune",
+        "--no-latency",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "VITQUANT_QUIET": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         killed = _wait_for_running_trial(storage, proc)
         os.kill(proc.pid, signal.SIGKILL)
@@ -56,8 +75,11 @@ def test_killed_search_resumes_with_exactly_n_complete_trials(tmp_path, digits_m
         proc.kill()
         proc.wait()
     before = optuna.load_study(study_name="resume", storage=storage).get_trials()
-    kept = {t.number: (t.params, t.value, t.intermediate_values, t.datetime_complete)
-            for t in before if t.state == TrialState.COMPLETE}  # fmt: skip
+    kept = {
+        t.number: (t.params, t.value, t.intermediate_values, t.datetime_complete)
+        for t in before
+        if t.state == TrialState.COMPLETE
+    }
     assert kept and killed not in kept
     assert not (out / "search.json").exists()  # it died before writing
 

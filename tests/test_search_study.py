@@ -38,9 +38,13 @@ def test_a_study_created_for_other_settings_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "kw",
-    [{"lr": (0.0, 1e-2)}, {"weight_decay": (1e-2, 1e-3)}, {"momentum": (0.5, 1.0)},
-     {"epochs": (0, 3)}],
-)  # fmt: skip
+    [
+        {"lr": (0.0, 1e-2)},
+        {"weight_decay": (1e-2, 1e-3)},
+        {"momentum": (0.5, 1.0)},
+        {"epochs": (0, 3)},
+    ],
+)
 def test_bad_search_ranges_are_user_errors(kw):
     with pytest.raises(VitquantError):
         SearchSpace(**kw)
@@ -54,8 +58,12 @@ def test_bad_storage_url_is_a_user_error(tmp_path):
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_running_trials_of_dead_local_workers_are_failed(tmp_path):
     study = open_study(_cfg(tmp_path), IDENTITY)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     gone, alive = study.ask(), study.ask()
     gone.set_user_attr("worker", {**worker_identity(), "pid": int(dead.stdout), "start": 1})
     alive.set_user_attr("worker", worker_identity())

@@ -92,8 +92,10 @@ def test_against_hand_built_reference(setup):
     p_float = F.log_softmax(float_logits, 1)
     for r in rows:
         assert r.float_acc == pytest.approx(accuracy(model, bundle, "val", spec))
-        for which, names in (("only", [r.name]), ("all_but", [n for n in everything
-                                                               if n != r.name])):  # fmt: skip
+        for which, names in (
+            ("only", [r.name]),
+            ("all_but", [n for n in everything if n != r.name]),
+        ):
             logits = reference(model, spec, bundle, names)
             acc = (logits.argmax(1) == labels).float().mean().item()
             kl = (p_float.exp() * (p_float - F.log_softmax(logits, 1))).sum(1).mean().item()

@@ -65,12 +65,16 @@ def depth_profile(stats, bins: int = DEPTH_BINS) -> list[dict]:
         members = [s for i, s in enumerate(stats) if min(int(i * bins / max(n, 1)), bins - 1) == b]
         if not members:
             continue
-        rows.append({
-            "bin": b, "depth_from": b / bins, "depth_to": (b + 1) / bins,
-            "outlier_pct": float(np.mean([s.outlier_pct for s in members])),
-            "range": float(np.mean([s.max - s.min for s in members])),
-            "channel_ratio": float(np.median([s.channel_absmax_ratio for s in members])),
-        })  # fmt: skip
+        rows.append(
+            {
+                "bin": b,
+                "depth_from": b / bins,
+                "depth_to": (b + 1) / bins,
+                "outlier_pct": float(np.mean([s.outlier_pct for s in members])),
+                "range": float(np.mean([s.max - s.min for s in members])),
+                "channel_ratio": float(np.median([s.channel_absmax_ratio for s in members])),
+            }
+        )
     return rows
 
 
@@ -100,26 +104,34 @@ def profile_model(
     fp32 = accuracy(model, bundle, role, spec)
     accs = {}
     for method, make in (
-        ("static-per-tensor",
-         lambda: quantize_static(model, bundle, spec, StaticPTQ(per_channel=False, calib=calib))),
-        ("static-per-channel",
-         lambda: quantize_static(model, bundle, spec, StaticPTQ(per_channel=True, calib=calib))),
+        (
+            "static-per-tensor",
+            lambda: quantize_static(model, bundle, spec, StaticPTQ(per_channel=False, calib=calib)),
+        ),
+        (
+            "static-per-channel",
+            lambda: quantize_static(model, bundle, spec, StaticPTQ(per_channel=True, calib=calib)),
+        ),
         ("dynamic", lambda: quantize_dynamic(model, DynamicPTQ())),
-    ):  # fmt: skip
+    ):
         log(f"{name}: {method}")
         accs[method] = accuracy(make(), bundle, role, spec)
     ratios = weight_channel_ratios(model)
     return ModelProfile(
-        model=name, family=spec.family, fp32_acc=fp32,
-        drops={k: (fp32 - v) * 100 for k, v in accs.items()}, accuracies=accs,
+        model=name,
+        family=spec.family,
+        fp32_acc=fp32,
+        drops={k: (fp32 - v) * 100 for k, v in accs.items()},
+        accuracies=accs,
         mean_outlier_pct=float(np.mean([s.outlier_pct for s in stats])),
         significant_share=float(np.mean([s.significant for s in stats])),
         act_range_p99=float(np.percentile([s.max - s.min for s in stats], 99)),
         act_channel_ratio_median=float(np.median([s.channel_absmax_ratio for s in stats])),
         weight_channel_ratio_median=float(np.median(ratios)) if ratios else float("nan"),
         weight_channel_ratio_max=float(np.max(ratios)) if ratios else float("nan"),
-        depth=depth_profile(stats), n_points=len(stats),
-    )  # fmt: skip
+        depth=depth_profile(stats),
+        n_points=len(stats),
+    )
 
 
 def summarize(profiles: list[ModelProfile]) -> list[str]:

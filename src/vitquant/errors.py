@@ -42,6 +42,10 @@ class HeadMismatchError(VitquantError):
         if data_classes != self.model_classes:
             return self  # the data check that follows would refuse it anyway
         return HeadMismatchError(
-            source=self.source, key=self.key, shape=self.shape, model_classes=self.model_classes,
-            fix=self.fix, needs=f"the data has {data_classes} classes",
-        )  # fmt: skip
+            source=self.source,
+            key=self.key,
+            shape=self.shape,
+            model_classes=self.model_classes,
+            fix=self.fix,
+            needs=f"the data has {data_classes} classes",
+        )

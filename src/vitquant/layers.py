@@ -14,10 +14,14 @@ def layer_table(model: nn.Module) -> list[dict]:
         if not name:
             continue
         params = sum(p.numel() for p in module.parameters(recurse=False))
-        rows.append({
-            "name": name, "type": type(module).__name__, "params": params,
-            "quantizable": isinstance(module, QUANTIZABLE),
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "type": type(module).__name__,
+                "params": params,
+                "quantizable": isinstance(module, QUANTIZABLE),
+            }
+        )
     return rows
 
 

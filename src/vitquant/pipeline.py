@@ -123,13 +123,18 @@ class PipelineRun:
 
     def to_dict(self) -> dict:
         return {
-            "config": asdict(self.config), "steps": self.steps, "decisions": self.decisions,
+            "config": asdict(self.config),
+            "steps": self.steps,
+            "decisions": self.decisions,
             "results": [v.row.to_dict() for v in self.variants],
-            "val": {v.row.variant: {"val_acc": v.val_acc, "val_drop_pts": v.val_drop_pts}
-                    for v in self.variants},
+            "val": {
+                v.row.variant: {"val_acc": v.val_acc, "val_drop_pts": v.val_drop_pts}
+                for v in self.variants
+            },
             "final": self.final.row.to_dict() if self.final else None,
-            "final_reason": self.final_reason, "flow": self.flow,
-        }  # fmt: skip
+            "final_reason": self.final_reason,
+            "flow": self.flow,
+        }
 
 
 def choose_final(variants: list[Variant], max_drop: float) -> tuple[Variant, str]:
@@ -184,14 +189,26 @@ def pte_variant(
     test = accuracy(runner, bundle, "test", spec, progress=f"test {v.row.variant} .pte")
     lat = measure_latency(runner, examples)
     row = ResultRow(
-        variant=v.row.variant, backend=BACKEND, accuracy=test, n=v.row.n,
-        int8_layers=v.row.int8_layers, float_layers=v.row.float_layers, ignored=v.row.ignored,
-        size_mb=file_size_mb(exported.path), artifact=str(exported.path),
-        latency_ms_per_image=lat[1], latency_batch=1, latency_threads=runner.threads,
-        extra={"val_acc": val, "latency_ms_per_image_batch32": lat[32],
-               "vs_pytorch_pts": round((test - v.row.accuracy) * 100, 4),
-               "lowering": exported.to_dict(), "lowering_note": exported.note()},
-    )  # fmt: skip
+        variant=v.row.variant,
+        backend=BACKEND,
+        accuracy=test,
+        n=v.row.n,
+        int8_layers=v.row.int8_layers,
+        float_layers=v.row.float_layers,
+        ignored=v.row.ignored,
+        size_mb=file_size_mb(exported.path),
+        artifact=str(exported.path),
+        latency_ms_per_image=lat[1],
+        latency_batch=1,
+        latency_threads=runner.threads,
+        extra={
+            "val_acc": val,
+            "latency_ms_per_image_batch32": lat[32],
+            "vs_pytorch_pts": round((test - v.row.accuracy) * 100, 4),
+            "lowering": exported.to_dict(),
+            "lowering_note": exported.note(),
+        },
+    )
     return Variant(row=row, val_acc=val, val_drop_pts=(fp32_val - val) * 100, module=runner)
 
 
@@ -259,30 +276,41 @@ def run_pipeline(
             lowered, agree = lowered_runner(module, examples, log)
             if lowered is not None:
                 runner = lowered
-                extra.update(accuracy_on="inductor-lowered int8 kernels",
-                             lowered_vs_eager_agreement=agree)  # fmt: skip
+                extra.update(
+                    accuracy_on="inductor-lowered int8 kernels", lowered_vs_eager_agreement=agree
+                )
         val = accuracy(runner, bundle, "val", spec)
         test = accuracy(runner, bundle, "test", spec, progress=f"test {variant}")
-        measured = measure_variant(variant, module, out / "artifacts", examples,
-                                   lower=lowers, lowered=lowered)  # fmt: skip
+        measured = measure_variant(
+            variant, module, out / "artifacts", examples, lower=lowers, lowered=lowered
+        )
         if lowered is not None:
             torch._dynamo.reset()
         lat32 = measured.pop("batch32")
         int8_layers = n_layers - len(ignored) if int8 is None else int8
         row = ResultRow(
-            variant=variant, backend=backend, accuracy=test, n=len(bundle.test_idx),
-            int8_layers=int8_layers, float_layers=n_layers - int8_layers, ignored=list(ignored),
+            variant=variant,
+            backend=backend,
+            accuracy=test,
+            n=len(bundle.test_idx),
+            int8_layers=int8_layers,
+            float_layers=n_layers - int8_layers,
+            ignored=list(ignored),
             extra={"val_acc": val, "latency_ms_per_image_batch32": lat32, **extra},
             **measured,
-        )  # fmt: skip
+        )
         fp32_val = run.variants[0].val_acc if run.variants else val
         v = Variant(row=row, val_acc=val, val_drop_pts=(fp32_val - val) * 100, module=module)
         run.variants.append(v)
         if cfg.export == "pte" and backend.startswith("pt2e"):
-            run.variants.append(pte_variant(v, bundle, spec, out / "artifacts", examples,
-                                            fp32_val=fp32_val))  # fmt: skip
-            run.decide(f"{variant} .pte", "lowered to ExecuTorch XNNPACK",
-                       run.variants[-1].row.extra["lowering_note"])  # fmt: skip
+            run.variants.append(
+                pte_variant(v, bundle, spec, out / "artifacts", examples, fp32_val=fp32_val)
+            )
+            run.decide(
+                f"{variant} .pte",
+                "lowered to ExecuTorch XNNPACK",
+                run.variants[-1].row.extra["lowering_note"],
+            )
         return v
 
     with _timed(run, "fp32", log) as rec:
@@ -299,19 +327,29 @@ def run_pipeline(
         sig = significant_modules(stats, names)
         n_sig_points = sum(s.significant for s in stats)
         rec.update(points=len(stats), significant_points=n_sig_points, significant_modules=sig)
-    run.decide("analysis", f"{len(sig)} quantizable layer(s) own significant outlier points",
-               f"{n_sig_points} of {len(stats)} observed points have more than "
-               f"{cfg.threshold}% values beyond the IQR fences")  # fmt: skip
-    run.flow.append({"label": "outlier analysis", "status": "info",
-                     "detail": f"{n_sig_points}/{len(stats)} points > {cfg.threshold}% outliers "
-                               f"-> {len(sig)} layers"})  # fmt: skip
+    run.decide(
+        "analysis",
+        f"{len(sig)} quantizable layer(s) own significant outlier points",
+        f"{n_sig_points} of {len(stats)} observed points have more than "
+        f"{cfg.threshold}% values beyond the IQR fences",
+    )
+    run.flow.append(
+        {
+            "label": "outlier analysis",
+            "status": "info",
+            "detail": f"{n_sig_points}/{len(stats)} points > {cfg.threshold}% outliers "
+            f"-> {len(sig)} layers",
+        }
+    )
 
     def ptq_node(v: Variant, label: str) -> None:
         ok = v.val_drop_pts <= cfg.max_drop
         test_drop = (fp32.row.accuracy - v.row.accuracy) * 100
-        detail = (f"val drop {v.val_drop_pts:.2f} pts | test {v.row.accuracy:.4f} "
-                  f"(drop {test_drop:.2f} pts) | {v.row.float_layers} float layers | "
-                  f"{v.row.size_mb:.2f} MiB | {v.row.latency_ms_per_image:.2f} ms/img")  # fmt: skip
+        detail = (
+            f"val drop {v.val_drop_pts:.2f} pts | test {v.row.accuracy:.4f} "
+            f"(drop {test_drop:.2f} pts) | {v.row.float_layers} float layers | "
+            f"{v.row.size_mb:.2f} MiB | {v.row.latency_ms_per_image:.2f} ms/img"
+        )
         run.flow.append({"label": label, "status": "ok" if ok else "miss", "detail": detail})
 
     with _timed(run, "static", log) as rec:
@@ -323,16 +361,29 @@ def run_pipeline(
     with _timed(run, "static-ignore", log) as rec:
         if sig:
             qm = quantize_static(model, bundle, spec, static_cfg, ignore=sig)
-            si = add("static-ignore", f"pt2e-{cfg.backend}", qm, ignored=qm.ignored,
-                     int8=len(qm.int8_layers))  # fmt: skip
+            si = add(
+                "static-ignore",
+                f"pt2e-{cfg.backend}",
+                qm,
+                ignored=qm.ignored,
+                int8=len(qm.int8_layers),
+            )
             rec.update(val_drop_pts=si.val_drop_pts, ignored=sig)
             ptq_node(si, f"static PTQ, {len(sig)} outlier layers in float")
-            run.decide("static-ignore", f"kept {len(sig)} outlier layer(s) in float",
-                       f"val drop {st.val_drop_pts:.2f} -> {si.val_drop_pts:.2f} pts")  # fmt: skip
+            run.decide(
+                "static-ignore",
+                f"kept {len(sig)} outlier layer(s) in float",
+                f"val drop {st.val_drop_pts:.2f} -> {si.val_drop_pts:.2f} pts",
+            )
         else:
             run.decide("static-ignore", "skipped", "no layer has significant outliers")
-            run.flow.append({"label": "static PTQ ignoring outlier layers", "status": "skip",
-                             "detail": "skipped: no significant layer"})  # fmt: skip
+            run.flow.append(
+                {
+                    "label": "static PTQ ignoring outlier layers",
+                    "status": "skip",
+                    "detail": "skipped: no significant layer",
+                }
+            )
 
     def lowered_val(qm) -> float:
         """Val accuracy of a search step, on the inductor-lowered model when x86 lowers."""
@@ -350,10 +401,14 @@ def run_pipeline(
     with _timed(run, "static-auto", log) as rec:
         ranking = []
         if st.val_drop_pts > cfg.max_drop:  # rank only when all-int8 misses the budget
-            n_rank = len(bundle.val_idx) if cfg.sensitivity_limit is None else min(
-                cfg.sensitivity_limit, len(bundle.val_idx))  # fmt: skip
-            method, estimate = ranking_method(cfg, n_layers=n_layers, n_val=n_rank,
-                                              s_per_image=s_per_image)  # fmt: skip
+            n_rank = (
+                len(bundle.val_idx)
+                if cfg.sensitivity_limit is None
+                else min(cfg.sensitivity_limit, len(bundle.val_idx))
+            )
+            method, estimate = ranking_method(
+                cfg, n_layers=n_layers, n_val=n_rank, s_per_image=s_per_image
+            )
             t_rank = time.perf_counter()
             if method == "sensitivity":
                 ranking = sensitivity_ranking(model, bundle, spec, limit=cfg.sensitivity_limit)
@@ -362,62 +417,95 @@ def run_pipeline(
             rec.update(
                 ranking_method=method, ranking_seconds=round(time.perf_counter() - t_rank, 2)
             )
-            run.decide("static-auto", f"ranked layers by {method}",
-                       f"the end-to-end sensitivity analysis would take ~{estimate:.0f} s "
-                       f"(2 x {n_layers} layers x {n_rank} val images); "
-                       + ("within" if estimate <= RANKING_BUDGET_S else "over")
-                       + f" the {RANKING_BUDGET_S:.0f} s budget" if cfg.ranking == "auto"
-                       else f"--ranking {method}")  # fmt: skip
-        auto = select_ignore(model, bundle, spec, static_cfg, max_drop=cfg.max_drop,
-                             ranking=ranking, search=cfg.search, evaluate=lowered_val,
-                             fp32_val_acc=fp32.val_acc, start=(st.module, st.val_acc),
-                             log=log)  # fmt: skip
+            run.decide(
+                "static-auto",
+                f"ranked layers by {method}",
+                f"the end-to-end sensitivity analysis would take ~{estimate:.0f} s "
+                f"(2 x {n_layers} layers x {n_rank} val images); "
+                + ("within" if estimate <= RANKING_BUDGET_S else "over")
+                + f" the {RANKING_BUDGET_S:.0f} s budget"
+                if cfg.ranking == "auto"
+                else f"--ranking {method}",
+            )
+        auto = select_ignore(
+            model,
+            bundle,
+            spec,
+            static_cfg,
+            max_drop=cfg.max_drop,
+            ranking=ranking,
+            search=cfg.search,
+            evaluate=lowered_val,
+            fp32_val_acc=fp32.val_acc,
+            start=(st.module, st.val_acc),
+            log=log,
+        )
         rec.update(steps=auto.steps, ignored=auto.ignored, met=auto.met, search=cfg.search)
         if auto.ignored:
             sa = add(
-                "static-auto", f"pt2e-{cfg.backend}", auto.model, ignored=auto.ignored,
-                int8=len(auto.model.int8_layers), extra={"auto_steps": auto.steps},
-            )  # fmt: skip
+                "static-auto",
+                f"pt2e-{cfg.backend}",
+                auto.model,
+                ignored=auto.ignored,
+                int8=len(auto.model.int8_layers),
+                extra={"auto_steps": auto.steps},
+            )
             ptq_node(sa, f"accuracy-aware ignore list ({len(auto.ignored)} layers)")
     if auto.ignored:
         missed = "" if auto.met else " - budget not met even so"
-        run.decide("static-auto", f"kept {len(auto.ignored)} most sensitive layer(s) in float",
-                   f"fewest layers of the sensitivity ranking bringing the val drop within "
-                   f"{cfg.max_drop} pts{missed}")  # fmt: skip
+        run.decide(
+            "static-auto",
+            f"kept {len(auto.ignored)} most sensitive layer(s) in float",
+            f"fewest layers of the sensitivity ranking bringing the val drop within "
+            f"{cfg.max_drop} pts{missed}",
+        )
     else:
-        run.decide("static-auto", "no layer needs to stay in float",
-                   f"static PTQ of all layers is already within {cfg.max_drop} pts on val "
-                   "(the auto variant would equal 'static')")  # fmt: skip
-        run.flow.append({"label": "accuracy-aware ignore list", "status": "skip",
-                         "detail": "empty: all-int8 static PTQ already within budget"})  # fmt: skip
+        run.decide(
+            "static-auto",
+            "no layer needs to stay in float",
+            f"static PTQ of all layers is already within {cfg.max_drop} pts on val "
+            "(the auto variant would equal 'static')",
+        )
+        run.flow.append(
+            {
+                "label": "accuracy-aware ignore list",
+                "status": "skip",
+                "detail": "empty: all-int8 static PTQ already within budget",
+            }
+        )
 
     with _timed(run, "dynamic", log) as rec:
         if cfg.backend == "x86":
             dq = quantize_dynamic(model, DynamicPTQ())
             dy = add("dynamic", "pytorch-dynamic", dq.module, int8=len(dq.int8_layers))
         else:  # the edge path: the quantizer's own dynamic config, lowered like the rest
-            dq = quantize_dynamic_pt2e(model, examples[32][:8], backend=cfg.backend,
-                                       per_channel=cfg.per_channel)  # fmt: skip
+            dq = quantize_dynamic_pt2e(
+                model, examples[32][:8], backend=cfg.backend, per_channel=cfg.per_channel
+            )
             dy = add("dynamic", f"pt2e-{cfg.backend}", dq, int8=len(dq.int8_layers))
         rec.update(val_drop_pts=dy.val_drop_pts)
     ptq_node(dy, "dynamic int8 (Linear)")
 
     best_ptq = min(run.variants[1:], key=lambda v: v.val_drop_pts)
     need_qat = best_ptq.val_drop_pts > cfg.max_drop or cfg.force_qat
-    reason = (f"best post-training val drop {best_ptq.val_drop_pts:.2f} pts "
-              f"({best_ptq.row.variant}) vs budget {cfg.max_drop} pts")  # fmt: skip
+    reason = (
+        f"best post-training val drop {best_ptq.val_drop_pts:.2f} pts "
+        f"({best_ptq.row.variant}) vs budget {cfg.max_drop} pts"
+    )
     if not cfg.qat:
         run.decide("qat", "skipped", f"QAT skipped: --no-qat ({reason})")
         run.flow.append({"label": "QAT + Optuna", "status": "skip", "detail": "skipped: --no-qat"})
     elif need_qat and qat_search is not None:
-        run.decide("qat", "run QAT with an Optuna search", reason
-                   + (" (forced)" if cfg.force_qat and best_ptq.val_drop_pts <= cfg.max_drop
-                      else ""))  # fmt: skip
+        run.decide(
+            "qat",
+            "run QAT with an Optuna search",
+            reason
+            + (" (forced)" if cfg.force_qat and best_ptq.val_drop_pts <= cfg.max_drop else ""),
+        )
         with _timed(run, "qat", log) as rec:
             converted, details = qat_search()
             int8_names, _ = split_int8(model, converted)
-            qv = add("qat", f"pt2e-{cfg.backend}", converted, int8=len(int8_names),
-                     extra=details)  # fmt: skip
+            qv = add("qat", f"pt2e-{cfg.backend}", converted, int8=len(int8_names), extra=details)
             rec.update(
                 val_drop_pts=qv.val_drop_pts,
                 **{k: details[k] for k in details if k in ("best_params", "trials")},
@@ -425,17 +513,28 @@ def run_pipeline(
         ptq_node(qv, f"QAT + Optuna ({cfg.trials} trials)")
     else:
         run.decide("qat", "skipped", reason + ("" if not need_qat else "; QAT unavailable"))
-        run.flow.append({"label": "QAT + Optuna", "status": "skip",
-                         "detail": "skipped: post-training meets the budget"})  # fmt: skip
+        run.flow.append(
+            {
+                "label": "QAT + Optuna",
+                "status": "skip",
+                "detail": "skipped: post-training meets the budget",
+            }
+        )
 
     rows = finalize([v.row for v in run.variants])
     for v, r in zip(run.variants, rows, strict=True):
         v.row = r
     run.final, run.final_reason = choose_final(run.variants, cfg.max_drop)
-    run.decide("final", f"chose {run.final.row.variant} ({run.final.row.backend})",
-               run.final_reason)  # fmt: skip
-    run.flow.append({"label": f"final: {run.final.row.variant}", "status": "final",
-                     "detail": f"test {run.final.row.accuracy:.4f} (drop "
-                               f"{run.final.row.drop_pts:.2f} pts) | "
-                               f"{run.final.row.size_mb:.2f} MiB"})  # fmt: skip
+    run.decide(
+        "final", f"chose {run.final.row.variant} ({run.final.row.backend})", run.final_reason
+    )
+    run.flow.append(
+        {
+            "label": f"final: {run.final.row.variant}",
+            "status": "final",
+            "detail": f"test {run.final.row.accuracy:.4f} (drop "
+            f"{run.final.row.drop_pts:.2f} pts) | "
+            f"{run.final.row.size_mb:.2f} MiB",
+        }
+    )
     return run

@@ -49,10 +49,14 @@ def measure_variant(
         path = save_state_dict(graph, artifacts / f"{variant}.pt")
         lat, simulated = measure_latency(graph, examples), False
     return {
-        "size_mb": file_size_mb(path), "artifact": str(path), "latency_ms_per_image": lat[1],
-        "latency_batch": 1, "latency_threads": torch.get_num_threads(), "simulated": simulated,
+        "size_mb": file_size_mb(path),
+        "artifact": str(path),
+        "latency_ms_per_image": lat[1],
+        "latency_batch": 1,
+        "latency_threads": torch.get_num_threads(),
+        "simulated": simulated,
         "batch32": lat[32],
-    }  # fmt: skip
+    }
 
 
 def lowered_runner(module, examples: dict, log: Callable[[str], None]):
@@ -69,6 +73,8 @@ def lowered_runner(module, examples: dict, log: Callable[[str], None]):
             agree = (lowered(x).argmax(1) == module(x).argmax(1)).float().mean().item()
         return lowered, agree
     except Exception as exc:  # no compiler, an unsupported pattern, ...
-        log(f"inductor could not lower this variant ({type(exc).__name__}); measuring the "
-            "eager emulation instead")  # fmt: skip
+        log(
+            f"inductor could not lower this variant ({type(exc).__name__}); measuring the "
+            "eager emulation instead"
+        )
         return None, None

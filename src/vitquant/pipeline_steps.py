@@ -26,23 +26,36 @@ def analysis_step(model, spec, bundle: DataBundle, cfg, *, log: Callable[[str], 
         from vitquant.registry import LoadedModel
 
         stats = collect_activation_stats(
-            model, bundle, spec, role="calib", limit=cfg.stats_images, threshold=cfg.threshold,
+            model,
+            bundle,
+            spec,
+            role="calib",
+            limit=cfg.stats_images,
+            threshold=cfg.threshold,
             progress=False,
-        )  # fmt: skip
+        )
         weights = weight_stats(model, threshold=cfg.threshold)
         out_dir.mkdir(parents=True, exist_ok=True)
-        figures = analysis_plots(out_dir, stats, weights, LoadedModel(model, spec, ""),
-                                 cfg.threshold, spec.name)  # fmt: skip
-        write_json(out_dir / "analyze.json", {
-            "model": spec.name, "role": "calib", "n_images": min(cfg.stats_images,
-                                                                 len(bundle.calib_idx)),
-            "threshold_pct": cfg.threshold, "layers": [s.to_dict() for s in stats],
-            "weights": [w.to_dict() for w in weights],
-            "summary": {"activations": activation_summary(stats),
-                        "weights": weight_summary(weights)},
-            "top_change_scores": [w.name for w in ranked_by_change(weights)[:5]],
-            "figures": figures,
-        })  # fmt: skip
+        figures = analysis_plots(
+            out_dir, stats, weights, LoadedModel(model, spec, ""), cfg.threshold, spec.name
+        )
+        write_json(
+            out_dir / "analyze.json",
+            {
+                "model": spec.name,
+                "role": "calib",
+                "n_images": min(cfg.stats_images, len(bundle.calib_idx)),
+                "threshold_pct": cfg.threshold,
+                "layers": [s.to_dict() for s in stats],
+                "weights": [w.to_dict() for w in weights],
+                "summary": {
+                    "activations": activation_summary(stats),
+                    "weights": weight_summary(weights),
+                },
+                "top_change_scores": [w.name for w in ranked_by_change(weights)[:5]],
+                "figures": figures,
+            },
+        )
         return stats
 
     return analyze
@@ -63,21 +76,35 @@ def qat_step(name: str, loaded, bundle: DataBundle, cfg, out: Path, *, log):
 
         directory = out / "qat"
         directory.mkdir(parents=True, exist_ok=True)
-        base = QATConfig(epochs=cfg.qat_epochs, train_limit=cfg.qat_train_limit,
-                         backend=cfg.backend, per_channel=cfg.per_channel)  # fmt: skip
-        scfg = SearchConfig(trials=cfg.trials, study=f"pipeline-{name.replace(':', '_')}",
-                            storage=sqlite_url(directory / "search.db"))  # fmt: skip
-        identity = {"model": name, "data": bundle.name, "n_val": len(bundle.val_idx),
-                    "base": base.to_dict()}  # fmt: skip
+        base = QATConfig(
+            epochs=cfg.qat_epochs,
+            train_limit=cfg.qat_train_limit,
+            backend=cfg.backend,
+            per_channel=cfg.per_channel,
+        )
+        scfg = SearchConfig(
+            trials=cfg.trials,
+            study=f"pipeline-{name.replace(':', '_')}",
+            storage=sqlite_url(directory / "search.db"),
+        )
+        identity = {
+            "model": name,
+            "data": bundle.name,
+            "n_val": len(bundle.val_idx),
+            "base": base.to_dict(),
+        }
         study = open_study(scfg, identity)
         kept: dict[tuple, object] = {}  # params -> QATResult of the trials this process ran
 
         def train_fn(params, report):
             result = run_qat(
-                loaded.model, loaded.spec, bundle, replace(base, **params),
+                loaded.model,
+                loaded.spec,
+                bundle,
+                replace(base, **params),
                 on_epoch=lambda epoch, record, *_: report(epoch, record["int8_val_acc"]),
                 log=lambda s: None,
-            )  # fmt: skip
+            )
             kept[tuple(sorted(params.items()))] = result
             return result.best_val, {"best_epoch": result.best_epoch}
 
@@ -90,12 +117,18 @@ def qat_step(name: str, loaded, bundle: DataBundle, cfg, out: Path, *, log):
         if result is None:  # the best trial ran in an earlier, interrupted run: retrain it
             log(f"QAT: retraining the best trial's parameters {best}")
             result = run_qat(loaded.model, loaded.spec, bundle, replace(base, **best), log=log)
-        plot_qat_history(result.history, directory / "qat_accuracy.png",
-                         best_epoch=result.best_epoch)  # fmt: skip
+        plot_qat_history(
+            result.history, directory / "qat_accuracy.png", best_epoch=result.best_epoch
+        )
         best_cfg = replace(base, **best).to_dict()
-        details = {"best_params": best, "trials": summary["counts"], "config": best_cfg,
-                   "best_epoch": result.best_epoch, "best_val": result.best_val,
-                   "history": result.history}  # fmt: skip
+        details = {
+            "best_params": best,
+            "trials": summary["counts"],
+            "config": best_cfg,
+            "best_epoch": result.best_epoch,
+            "best_val": result.best_val,
+            "history": result.history,
+        }
         return result.converted, details
 
     return qat

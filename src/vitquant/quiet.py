@@ -24,9 +24,22 @@ import warnings
 
 ENV = "VITQUANT_VERBOSE"
 THIRD_PARTY = (
-    "torch", "torchao", "torchvision", "executorch", "onnx", "onnxruntime", "onnxscript",
-    "timm", "optuna", "sklearn", "matplotlib", "numpy", "scipy", "PIL", "sqlalchemy",
-)  # fmt: skip
+    "torch",
+    "torchao",
+    "torchvision",
+    "executorch",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "timm",
+    "optuna",
+    "sklearn",
+    "matplotlib",
+    "numpy",
+    "scipy",
+    "PIL",
+    "sqlalchemy",
+)
 CATEGORIES = (UserWarning, DeprecationWarning, FutureWarning)
 # Loggers to raise to ERROR; the ``torch`` tree is handled through torch._logging.set_logs.
 LOGGERS = ("", "onnxruntime", "onnxscript", "executorch", "torchao", "timm")

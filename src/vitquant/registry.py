@@ -22,9 +22,17 @@ from vitquant.errors import HeadMismatchError, VitquantError
 from vitquant.paths import assets_dir, cache_dir
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
 
 

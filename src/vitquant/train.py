@@ -102,9 +102,14 @@ def train_epoch(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     total, count = 0.0, 0
     batches = bundle.batches(
-        "fit", spec, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
-        generator=generator, limit=cfg.train_limit,
-    )  # fmt: skip
+        "fit",
+        spec,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        augment=cfg.augment,
+        generator=generator,
+        limit=cfg.train_limit,
+    )
     for x, y in track(batches, total=steps_per_epoch(bundle, cfg), description=description):
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -159,8 +164,9 @@ def train(
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
         epoch = state.epoch + 1
-        loss = train_epoch(model, bundle, spec, opt, sched, cfg, gen,
-                           description=f"epoch {epoch}/{cfg.epochs}")  # fmt: skip
+        loss = train_epoch(
+            model, bundle, spec, opt, sched, cfg, gen, description=f"epoch {epoch}/{cfg.epochs}"
+        )
         val = accuracy(model, bundle, "val", spec)
         seconds = time.perf_counter() - t0
         state.epoch = epoch
@@ -171,10 +177,13 @@ def train(
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             atomic_write(checkpoint, lambda p, w=best_weights: torch.save(w, p))
         saved = {
-            "config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "generator": gen.get_state(),
+            "config": asdict(cfg),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "generator": gen.get_state(),
             "state": asdict(state),
-        }  # fmt: skip
+        }
         atomic_write(state_path, lambda p, s=saved: torch.save(s, p))
     if not checkpoint.exists():
         raise VitquantError(f"training produced no checkpoint at {checkpoint}.")

@@ -29,9 +29,20 @@ from vitquant.evaluate import QUANTIZABLE
 
 SOFTMAX_SUFFIX = "softmax"
 KINDS = (
-    "patch_embed", "qkv", "proj", "fc1", "fc2", "norm", "act", "softmax", "head",
-    "conv", "conv_dw", "conv_pw", "linear",
-)  # fmt: skip
+    "patch_embed",
+    "qkv",
+    "proj",
+    "fc1",
+    "fc2",
+    "norm",
+    "act",
+    "softmax",
+    "head",
+    "conv",
+    "conv_dw",
+    "conv_pw",
+    "linear",
+)
 
 
 @dataclass(frozen=True)
@@ -205,8 +216,17 @@ def observation_points(
                 block, bname = blocks.get(point.removesuffix(f".{SOFTMAX_SUFFIX}"), (None, None))
                 if kind == "head":
                     block, bname = None, None
-                points.append(Point(point, qname if target is not module else point, kind,
-                                    block, bname, cdim, target))  # fmt: skip
+                points.append(
+                    Point(
+                        point,
+                        qname if target is not module else point,
+                        kind,
+                        block,
+                        bname,
+                        cdim,
+                        target,
+                    )
+                )
             pending = []
     for point, target, kind, cdim in pending:  # observed after the last Linear/Conv
         block, bname = blocks.get(point.removesuffix(f".{SOFTMAX_SUFFIX}"), (None, None))

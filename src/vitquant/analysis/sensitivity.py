@@ -83,17 +83,24 @@ def layer_names(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def calibrate(
-    model: nn.Module, bundle, spec, *, role: str = "calib", limit: int | None = None,
-    batch_size: int = 128, ctx: DistContext | None = None,
-) -> dict[str, QParams]:  # fmt: skip
+    model: nn.Module,
+    bundle,
+    spec,
+    *,
+    role: str = "calib",
+    limit: int | None = None,
+    batch_size: int = 128,
+    ctx: DistContext | None = None,
+) -> dict[str, QParams]:
     """W8A8 qparams of every quantizable layer (input ranges observed on the float model).
 
     With a distributed ``ctx`` each rank observes its shard and the ranges are merged (MIN/MAX),
     so every rank gets the qparams one process would.
     """
     modules = {n: m for n, m in model.named_modules() if n and isinstance(m, QUANTIZABLE)}
-    observers = {n: MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
-                 for n in modules}  # fmt: skip
+    observers = {
+        n: MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine) for n in modules
+    }
     handles = [
         m.register_forward_pre_hook(lambda _m, args, _n=n: observers[_n](args[0].detach()))
         for n, m in modules.items()
@@ -180,10 +187,13 @@ def tallies(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
         F.log_softmax(logits, 1), F.log_softmax(ref_logits, 1), log_target=True, reduction="none"
     )  # (N, classes) float32
     pred = logits.argmax(1)
-    return torch.stack([
-        (pred == labels).sum().double(), kl.double().sum(),
-        (pred == ref_logits.argmax(1)).sum().double(),
-    ])  # fmt: skip
+    return torch.stack(
+        [
+            (pred == labels).sum().double(),
+            kl.double().sum(),
+            (pred == ref_logits.argmax(1)).sum().double(),
+        ]
+    )
 
 
 def figures(sums: torch.Tensor, n: int) -> tuple[float, float, float]:
@@ -278,14 +288,24 @@ def per_layer_sensitivity(
         only = measure(logits([name]))
         all_but = measure(logits([other for other in everything if other != name]))
         kind = layer_kind(name, modules[name], head=head)
-        rows.append(LayerSensitivity(
-            name=name, kind=kind, block=None if kind == "head" else blocks[name][0],
-            float_acc=float_acc, only_acc=only[0], only_kl=only[1], only_agreement=only[2],
-            all_but_acc=all_but[0], all_but_kl=all_but[1], all_but_agreement=all_but[2],
-            all_acc=all_acc, all_kl=all_kl,
-            only_drop_pts=(float_acc - only[0]) * 100,
-            all_but_gain_pts=(all_but[0] - all_acc) * 100,
-        ))  # fmt: skip
+        rows.append(
+            LayerSensitivity(
+                name=name,
+                kind=kind,
+                block=None if kind == "head" else blocks[name][0],
+                float_acc=float_acc,
+                only_acc=only[0],
+                only_kl=only[1],
+                only_agreement=only[2],
+                all_but_acc=all_but[0],
+                all_but_kl=all_but[1],
+                all_but_agreement=all_but[2],
+                all_acc=all_acc,
+                all_kl=all_kl,
+                only_drop_pts=(float_acc - only[0]) * 100,
+                all_but_gain_pts=(all_but[0] - all_acc) * 100,
+            )
+        )
     rows.sort(key=lambda r: (-r.only_kl, r.all_but_kl))
     for i, r in enumerate(rows, start=1):
         r.rank = i

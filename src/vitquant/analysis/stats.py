@@ -329,18 +329,35 @@ class PointAccumulator:
         ch_med = float(np.median(ch))
         ch_max = float(ch.max())
         return PointStats(
-            point=p.point if p else "", module=p.module if p else "", kind=p.kind if p else "",
-            block=p.block if p else None, block_name=p.block_name if p else None,
-            count=self.n, min=self.min, max=self.max, mean=self.mean,
-            std=float(np.sqrt(self.m2 / self.n)), q1=q1, median=med, q3=q3, iqr=q3 - q1,
-            lower_fence=lo, upper_fence=hi, outlier_count=self.n_out, outlier_pct=pct,
+            point=p.point if p else "",
+            module=p.module if p else "",
+            kind=p.kind if p else "",
+            block=p.block if p else None,
+            block_name=p.block_name if p else None,
+            count=self.n,
+            min=self.min,
+            max=self.max,
+            mean=self.mean,
+            std=float(np.sqrt(self.m2 / self.n)),
+            q1=q1,
+            median=med,
+            q3=q3,
+            iqr=q3 - q1,
+            lower_fence=lo,
+            upper_fence=hi,
+            outlier_count=self.n_out,
+            outlier_pct=pct,
             significant=pct > self.threshold,
             whisker_low=self.whisker_low if self.n_out < self.n else q1,
             whisker_high=self.whisker_high if self.n_out < self.n else q3,
-            n_channels=len(ch), channel_absmax_max=ch_max, channel_absmax_median=ch_med,
+            n_channels=len(ch),
+            channel_absmax_max=ch_max,
+            channel_absmax_median=ch_med,
             channel_absmax_ratio=ch_max / ch_med if ch_med > 0 else float("inf"),
-            sample=self.sample.values, outlier_sample=self.outliers.values, channel_absmax=ch,
-        )  # fmt: skip
+            sample=self.sample.values,
+            outlier_sample=self.outliers.values,
+            channel_absmax=ch,
+        )
 
 
 def stream_stats(
@@ -351,9 +368,11 @@ def stream_stats(
     The array-level entry point of the same three passes ``collect_activation_stats`` runs.
     """
     acc = PointAccumulator(
-        channel_dim=channel_dim, threshold=threshold, sample_size=sample_size,
+        channel_dim=channel_dim,
+        threshold=threshold,
+        sample_size=sample_size,
         rng=np.random.default_rng(seed),
-    )  # fmt: skip
+    )
     source = batches if callable(batches) else (lambda: batches)
     for x in source():
         acc.update1(torch.as_tensor(x))
@@ -426,8 +445,9 @@ def collect_activation_stats(
     def run(step: str, update) -> None:
         desc = f"activation stats ({step})" if progress else None
         with observe(model, points, lambda p, out: update(accs[p.point], out)):
-            for x, _ in bundle.batches(role, spec, batch_size=batch_size, limit=limit,
-                                       progress=desc, shard=shard):  # fmt: skip
+            for x, _ in bundle.batches(
+                role, spec, batch_size=batch_size, limit=limit, progress=desc, shard=shard
+            ):
                 model(x)
 
     ordered = [accs[p.point] for p in points]

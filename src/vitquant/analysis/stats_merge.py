@@ -33,8 +33,10 @@ def merge_pass1(
     """Merge the moments, extremes, channel maxima, samples and coarse histograms in place."""
     for acc in accs:  # (65536,) int64 each
         all_reduce_(acc.hist_raw, ctx, "sum")
-    mine = [(a.n, a.mean, a.m2, a.min, a.max, a.chan_absmax, a.sample.seen, a.sample.values)
-            for a in accs]  # fmt: skip
+    mine = [
+        (a.n, a.mean, a.m2, a.min, a.max, a.chan_absmax, a.sample.seen, a.sample.values)
+        for a in accs
+    ]
     ranks = all_gather_objects(mine, ctx)
     for i, acc in enumerate(accs):
         parts = [r[i] for r in ranks]
@@ -64,8 +66,9 @@ def merge_pass3(
     accs: Sequence[PointAccumulator], ctx: DistContext, rng: np.random.Generator
 ) -> None:
     """Merge the outlier counts, whisker ends and outlier samples in place."""
-    mine = [(a.n_out, a.whisker_low, a.whisker_high, a.outliers.seen, a.outliers.values)
-            for a in accs]  # fmt: skip
+    mine = [
+        (a.n_out, a.whisker_low, a.whisker_high, a.outliers.seen, a.outliers.values) for a in accs
+    ]
     ranks = all_gather_objects(mine, ctx)
     for i, acc in enumerate(accs):
         parts = [r[i] for r in ranks]

@@ -96,17 +96,27 @@ def tensor_stats(w: np.ndarray, *, threshold: float = 5.0) -> dict:
     ch = np.abs(np.asarray(w, dtype=np.float64).reshape(np.shape(w)[0], -1)).max(axis=1)
     ch_med = float(np.median(ch))
     return {
-        "count": int(a.size), "min": float(a.min()), "max": float(a.max()),
-        "mean": float(a.mean()), "std": float(a.std()), "q1": float(q1), "median": float(med),
-        "q3": float(q3), "iqr": float(iqr), "lower_fence": float(lo), "upper_fence": float(hi),
-        "outlier_count": int(out.sum()), "outlier_pct": float(pct),
+        "count": int(a.size),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "q1": float(q1),
+        "median": float(med),
+        "q3": float(q3),
+        "iqr": float(iqr),
+        "lower_fence": float(lo),
+        "upper_fence": float(hi),
+        "outlier_count": int(out.sum()),
+        "outlier_pct": float(pct),
         "significant": bool(pct > threshold),
         "whisker_low": float(inside.min()) if inside.size else float(q1),
         "whisker_high": float(inside.max()) if inside.size else float(q3),
-        "n_channels": int(ch.size), "channel_absmax_max": float(ch.max()),
+        "n_channels": int(ch.size),
+        "channel_absmax_max": float(ch.max()),
         "channel_absmax_median": ch_med,
         "channel_absmax_ratio": float(ch.max() / ch_med) if ch_med > 0 else float("inf"),
-    }  # fmt: skip
+    }
 
 
 @dataclass
@@ -182,14 +192,23 @@ def weight_stats(model: nn.Module, *, threshold: float = 5.0) -> list[WeightStat
         q_t = fake_quant_per_tensor_symmetric(w)
         q_c = fake_quant_per_channel_symmetric(w, axis=0)
         kind = layer_kind(name, module, head=head)
-        rows.append(WeightStats(
-            name=name, param=param, kind=kind,
-            block=None if kind == "head" else blocks[name][0], shape=list(w.shape),
-            **tensor_stats(w, threshold=threshold),
-            change_score=score, mean_change=mean_change, std_change=std_change,
-            sqnr_db=sqnr_db(w, q_t), sqnr_db_per_channel=sqnr_db(w, q_c),
-            rel_mse=rel_mse(w, q_t), rel_mse_per_channel=rel_mse(w, q_c),
-        ))  # fmt: skip
+        rows.append(
+            WeightStats(
+                name=name,
+                param=param,
+                kind=kind,
+                block=None if kind == "head" else blocks[name][0],
+                shape=list(w.shape),
+                **tensor_stats(w, threshold=threshold),
+                change_score=score,
+                mean_change=mean_change,
+                std_change=std_change,
+                sqnr_db=sqnr_db(w, q_t),
+                sqnr_db_per_channel=sqnr_db(w, q_c),
+                rel_mse=rel_mse(w, q_t),
+                rel_mse_per_channel=rel_mse(w, q_c),
+            )
+        )
     order = sorted(
         range(len(rows)),
         key=lambda i: (np.isnan(rows[i].change_score), -np.nan_to_num(rows[i].change_score)),

@@ -105,18 +105,31 @@ def analyze(
         raise VitquantError("--batch-size must be > 0 and --sample-size >= 0.")
     directory = prepare_out(out, "analyze", model, overwrite)
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
-        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
-        limit=None, seed=seed,
-    )  # fmt: skip
+        model,
+        data=data,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_weights=random_weights,
+        num_classes=num_classes,
+        calib=calib,
+        val=val,
+        limit=None,
+        seed=seed,
+    )
     ctx = dist_context()  # under torchrun each rank streams its shard; rank 0 writes
     if ctx.world == 1 or threads:
         set_threads(threads)
     start = time.perf_counter()
     stats = collect_activation_stats(
-        loaded.model, bundle, loaded.spec, threshold=threshold, batch_size=batch_size,
-        sample_size=sample_size, seed=seed, ctx=ctx,
-    )  # fmt: skip
+        loaded.model,
+        bundle,
+        loaded.spec,
+        threshold=threshold,
+        batch_size=batch_size,
+        sample_size=sample_size,
+        seed=seed,
+        ctx=ctx,
+    )
     if not ctx.is_main:
         return
     weights = weight_stats(loaded.model, threshold=threshold)
@@ -131,9 +144,11 @@ def analyze(
     if plots:
         figures = analysis_plots(directory, stats, weights, loaded, threshold, model)
     files = {
-        "layers_csv": "analyze_layers.csv", "weights_csv": "analyze_weights.csv",
-        "blocks_csv": "analyze_blocks.csv", "kinds_csv": "analyze_kinds.csv",
-    }  # fmt: skip
+        "layers_csv": "analyze_layers.csv",
+        "weights_csv": "analyze_weights.csv",
+        "blocks_csv": "analyze_blocks.csv",
+        "kinds_csv": "analyze_kinds.csv",
+    }
     write_text(directory / files["layers_csv"], csv_text(layers))
     write_text(
         directory / files["weights_csv"],
@@ -142,15 +157,23 @@ def analyze(
     write_text(directory / files["blocks_csv"], csv_text(summary["activations"]["by_block"]))
     write_text(directory / files["kinds_csv"], csv_text(summary["activations"]["by_kind"]))
     payload = {
-        "model": model, "checkpoint": loaded.checkpoint, "family": loaded.spec.family,
-        **bundle.describe(), "role": "calib", "n_images": min(calib, len(bundle.calib_idx)),
-        "threshold_pct": threshold, "seconds": seconds,
-        "layers": layers, "weights": weight_rows, "summary": summary,
+        "model": model,
+        "checkpoint": loaded.checkpoint,
+        "family": loaded.spec.family,
+        **bundle.describe(),
+        "role": "calib",
+        "n_images": min(calib, len(bundle.calib_idx)),
+        "threshold_pct": threshold,
+        "seconds": seconds,
+        "layers": layers,
+        "weights": weight_rows,
+        "summary": summary,
         "top_outliers": [s.point for s in top_outliers],
         "top_change_scores": [w.name for w in top_change],
         "significant_modules": sorted({s.module for s in stats if s.significant}),
-        "figures": figures, "files": files,
-    }  # fmt: skip
+        "figures": figures,
+        "files": files,
+    }
     path = save_result(directory, "analyze", payload)
 
     table = Table(title=f"Top-10 activation outlier points ({model}, {payload['n_images']} images)")
@@ -161,10 +184,14 @@ def analyze(
         table.add_column(col, justify="right", no_wrap=True)
     for s in top_outliers:
         table.add_row(
-            s.point, _short_module(s), f"{s.outlier_pct:.2f}",
-            _fmt(s.min), _fmt(s.max), f"{s.channel_absmax_ratio:.1f}",
+            s.point,
+            _short_module(s),
+            f"{s.outlier_pct:.2f}",
+            _fmt(s.min),
+            _fmt(s.max),
+            f"{s.channel_absmax_ratio:.1f}",
             style="bold red" if s.significant else None,
-        )  # fmt: skip
+        )
     console.print(table)
     table = Table(title="Top-5 weight change scores (study's C, int8 per-tensor)")
     table.add_column("rank", justify="right")
@@ -173,9 +200,13 @@ def analyze(
         table.add_column(col, justify="right")
     for w in top_change:
         table.add_row(
-            str(w.change_rank), w.name, f"{w.change_score:.4g}", f"{w.sqnr_db:.2f}",
-            f"{w.sqnr_db_per_channel:.2f}", f"{w.rel_mse:.2e}",
-        )  # fmt: skip
+            str(w.change_rank),
+            w.name,
+            f"{w.change_score:.4g}",
+            f"{w.sqnr_db:.2f}",
+            f"{w.sqnr_db_per_channel:.2f}",
+            f"{w.rel_mse:.2e}",
+        )
     console.print(table)
     sig = sum(s.significant for s in stats)
     console.print(
@@ -198,9 +229,11 @@ def analysis_plots(directory: Path, stats, weights, loaded, threshold, model) ->
     }
     plots.plot_activation_boxplots(stats, directory / figures["activation_boxplots"], title=model)
     plots.plot_weight_histograms(
-        weight_histograms(loaded.model), directory / figures["weight_histograms"],
-        kinds={w.name: w.kind for w in weights}, title=model,
-    )  # fmt: skip
+        weight_histograms(loaded.model),
+        directory / figures["weight_histograms"],
+        kinds={w.name: w.kind for w in weights},
+        title=model,
+    )
     plots.plot_outlier_bars(stats, directory / figures["outlier_pct"], threshold=threshold)
     plots.plot_change_score_bars(weights, directory / figures["change_score"])
     plots.plot_sqnr_bars(weights, directory / figures["sqnr"])
@@ -239,10 +272,17 @@ def sensitivity(
         raise VitquantError("--calib must be > 0: activation ranges are calibrated on it.")
     directory = prepare_out(out, "sensitivity", model, overwrite)
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
-        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
-        limit=None, seed=seed,
-    )  # fmt: skip
+        model,
+        data=data,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_weights=random_weights,
+        num_classes=num_classes,
+        calib=calib,
+        val=val,
+        limit=None,
+        seed=seed,
+    )
     ctx = dist_context()  # under torchrun each rank evaluates its shard; rank 0 writes
     if ctx.world == 1 or threads:
         set_threads(threads)
@@ -262,14 +302,21 @@ def sensitivity(
         plot_sensitivity_bars(rows, directory / figures["sensitivity"])
     write_text(directory / "sensitivity.csv", csv_text([r.to_dict() for r in rows]))
     payload = {
-        "model": model, "checkpoint": loaded.checkpoint, **bundle.describe(), "role": "val",
-        "method": " ".join(method.split()), "ranked_by": "only_kl (descending)",
+        "model": model,
+        "checkpoint": loaded.checkpoint,
+        **bundle.describe(),
+        "role": "val",
+        "method": " ".join(method.split()),
+        "ranked_by": "only_kl (descending)",
         "float_acc": rows[0].float_acc if rows else None,
         "all_acc": rows[0].all_acc if rows else None,
-        "all_kl": rows[0].all_kl if rows else None, "seconds": seconds,
-        "layers": [r.to_dict() for r in rows], "summary": sensitivity_summary(rows),
-        "figures": figures, "files": {"csv": "sensitivity.csv"},
-    }  # fmt: skip
+        "all_kl": rows[0].all_kl if rows else None,
+        "seconds": seconds,
+        "layers": [r.to_dict() for r in rows],
+        "summary": sensitivity_summary(rows),
+        "figures": figures,
+        "files": {"csv": "sensitivity.csv"},
+    }
     path = save_result(directory, "sensitivity", payload)
     table = Table(
         title=f"Most sensitive layers ({model}, {len(bundle.val_idx)} val images, W8A8 simulated)"
@@ -280,9 +327,14 @@ def sensitivity(
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows[:10]:
         table.add_row(
-            str(r.rank), r.name, f"{r.only_acc:.4f}", f"{r.only_kl:.1e}",
-            f"{r.only_agreement:.3f}", f"{r.all_but_acc:.4f}", f"{r.all_but_kl:.1e}",
-        )  # fmt: skip
+            str(r.rank),
+            r.name,
+            f"{r.only_acc:.4f}",
+            f"{r.only_kl:.1e}",
+            f"{r.only_agreement:.3f}",
+            f"{r.all_but_acc:.4f}",
+            f"{r.all_but_kl:.1e}",
+        )
     table.caption = "only: this layer int8; rest: every layer but this one int8 (KL vs float)"
     console.print(table)
     if rows:

@@ -65,9 +65,12 @@ CalibOpt = Annotated[
 ]
 ValOpt = Annotated[
     int | None,
-    typer.Option(min=0, help="Validation images from train, used for every choice [default: "
-                             "min(1000, 15% of train)]."),
-]  # fmt: skip
+    typer.Option(
+        min=0,
+        help="Validation images from train, used for every choice [default: "
+        "min(1000, 15% of train)].",
+    ),
+]
 LimitOpt = Annotated[
     int | None, typer.Option(min=1, help="Stratified subset of the test split [default: all].")
 ]
@@ -85,7 +88,7 @@ QuantizerOpt = Annotated[
         "int8 kernels) or xnnpack (ExecuTorch XNNPACKQuantizer, symmetric int8 config, the "
         "edge/mobile path).",
     ),
-]  # fmt: skip
+]
 ExportOpt = Annotated[
     str,
     typer.Option(
@@ -94,7 +97,7 @@ ExportOpt = Annotated[
         "(.pte), run it with ExecuTorch's runtime and add its row (needs --quantizer xnnpack). "
         "none: no extra artifact.",
     ),
-]  # fmt: skip
+]
 ObserverOpt = Annotated[
     str | None,
     typer.Option(
@@ -102,7 +105,7 @@ ObserverOpt = Annotated[
         "[default: minmax for x86, histogram for xnnpack]; ORT mirrors it with "
         "MinMax/Entropy/Percentile.",
     ),
-]  # fmt: skip
+]
 
 
 def out_dir(out: Path | None, command: str, model: str) -> Path:
@@ -139,13 +142,17 @@ def model_and_data(
     bundle = load_data(data, calib=calib, val=val, limit=limit, seed=seed)
     if model.startswith("timm:") and num_classes is None and not pretrained:
         num_classes = len(bundle.classes)
-    ensure_weights(model, checkpoint=checkpoint, pretrained=pretrained,
-                   random_weights=random_weights)  # fmt: skip
+    ensure_weights(
+        model, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights
+    )
     try:
         loaded = load_model(
-            model, checkpoint=checkpoint, pretrained=pretrained, random_weights=random_weights,
+            model,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            random_weights=random_weights,
             num_classes=num_classes,
-        )  # fmt: skip
+        )
     except HeadMismatchError as exc:
         raise exc.for_data(len(bundle.classes)) from None
     check_compatible(bundle, loaded.spec)

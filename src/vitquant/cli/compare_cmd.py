@@ -56,7 +56,7 @@ def compare(
     Drops are measured on the test split (--limit for a stratified subset) under static
     per-tensor, static per-channel (pt2e, x86) and dynamic int8, all calibrated on the same
     --calib images.
-    """  # fmt: skip
+    """
     directory = prepare_out(out, "compare", "-".join(models), overwrite)
     set_threads(threads)
     bundle = load_data(data, calib=calib, val=val, limit=limit, seed=seed)
@@ -79,15 +79,26 @@ def compare(
     for col in ("model", "family", "fp32", *drop_cols, "outlier %", "act ch. ratio"):
         table.add_column(col, justify="right")
     for p in profiles:
-        table.add_row(p.model, p.family, f"{p.fp32_acc:.4f}",
-                      *(f"{v:+.2f}" for v in p.drops.values()),
-                      f"{p.mean_outlier_pct:.2f}", f"{p.act_channel_ratio_median:.1f}")  # fmt: skip
+        table.add_row(
+            p.model,
+            p.family,
+            f"{p.fp32_acc:.4f}",
+            *(f"{v:+.2f}" for v in p.drops.values()),
+            f"{p.mean_outlier_pct:.2f}",
+            f"{p.act_channel_ratio_median:.1f}",
+        )
     console.print(table)
     for line in lines:
         console.print(f"- {line}")
-    path = save_result(directory, "compare", {
-        **bundle.describe(), "models": [p.to_dict() for p in profiles],
-        "summary": " ".join(lines), "summary_lines": lines,
-        "plots": [str(p.name) for p in plots],
-    })  # fmt: skip
+    path = save_result(
+        directory,
+        "compare",
+        {
+            **bundle.describe(),
+            "models": [p.to_dict() for p in profiles],
+            "summary": " ".join(lines),
+            "summary_lines": lines,
+            "plots": [str(p.name) for p in plots],
+        },
+    )
     console.print(f"wrote {path}")

@@ -23,15 +23,53 @@ DEMO_MODELS = ("digits_vit", "digits_cnn")
 
 def _steps(out: Path) -> list[list[str]]:
     return [
-        ["pipeline", "digits_vit", "--data", "digits", "--max-drop", "0.5", "--trials", "2",
-         "--qat-epochs", "2", "--out", str(out / "pipeline"), "--overwrite"],
-        ["compare", "digits_vit", "digits_cnn", "--data", "digits", "--out",
-         str(out / "compare"), "--overwrite"],
-        ["quantize", "digits_vit", "--data", "digits", "--method", "static", "--quantizer",
-         "xnnpack", "--export", "pte", "--ignore", "auto", "--max-drop", "0.5", "--no-onnx",
-         "--out", str(out / "edge"), "--overwrite"],
+        [
+            "pipeline",
+            "digits_vit",
+            "--data",
+            "digits",
+            "--max-drop",
+            "0.5",
+            "--trials",
+            "2",
+            "--qat-epochs",
+            "2",
+            "--out",
+            str(out / "pipeline"),
+            "--overwrite",
+        ],
+        [
+            "compare",
+            "digits_vit",
+            "digits_cnn",
+            "--data",
+            "digits",
+            "--out",
+            str(out / "compare"),
+            "--overwrite",
+        ],
+        [
+            "quantize",
+            "digits_vit",
+            "--data",
+            "digits",
+            "--method",
+            "static",
+            "--quantizer",
+            "xnnpack",
+            "--export",
+            "pte",
+            "--ignore",
+            "auto",
+            "--max-drop",
+            "0.5",
+            "--no-onnx",
+            "--out",
+            str(out / "edge"),
+            "--overwrite",
+        ],
         ["report", str(out)],
-    ]  # fmt: skip
+    ]
 
 
 @app.command()
@@ -46,7 +84,9 @@ def demo(out: OutOpt = None, verbose: VerboseOpt = False) -> None:
         console.rule(f"vitquant {' '.join(step[:2])}")
         proc = subprocess.run([sys.executable, "-m", "vitquant", *step])
         if proc.returncode != 0:
-            raise VitquantError(f"demo step `vitquant {' '.join(step)}` failed "
-                                f"(exit {proc.returncode}); see the messages above.")  # fmt: skip
+            raise VitquantError(
+                f"demo step `vitquant {' '.join(step)}` failed "
+                f"(exit {proc.returncode}); see the messages above."
+            )
     minutes = (time.perf_counter() - start) / 60
     console.print(f"demo finished in {minutes:.1f} min; report: [bold]{out / 'report.html'}[/]")

@@ -63,10 +63,17 @@ def eval_(
     """Float accuracy on the test split (progress bar), artifact size and latency -> eval.json."""
     directory = prepare_out(out, "eval", model, overwrite)
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
-        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
-        limit=limit, seed=seed,
-    )  # fmt: skip
+        model,
+        data=data,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_weights=random_weights,
+        num_classes=num_classes,
+        calib=calib,
+        val=val,
+        limit=limit,
+        seed=seed,
+    )
     ctx = dist_context()  # under torchrun each rank tests its shard; rank 0 times and writes
     n_threads = set_threads(threads) if ctx.world == 1 or threads else torch.get_num_threads()
     acc = accuracy(loaded.model, bundle, "test", loaded.spec, progress="evaluating", ctx=ctx)
@@ -77,16 +84,24 @@ def eval_(
         for b in sorted({1, 32, latency_batch})
     }
     row = ResultRow(
-        variant="fp32", backend="pytorch", accuracy=acc, n=len(bundle.test_idx),
-        float_layers=count_layers(loaded.model), size_mb=state_dict_size_mb(loaded.model),
-        latency_ms_per_image=lat[latency_batch], latency_batch=latency_batch,
+        variant="fp32",
+        backend="pytorch",
+        accuracy=acc,
+        n=len(bundle.test_idx),
+        float_layers=count_layers(loaded.model),
+        size_mb=state_dict_size_mb(loaded.model),
+        latency_ms_per_image=lat[latency_batch],
+        latency_batch=latency_batch,
         latency_threads=n_threads,
         extra={"latency_ms_per_image_by_batch": {str(b): v for b, v in lat.items()}},
-    )  # fmt: skip
+    )
     payload = {
-        "model": model, "checkpoint": loaded.checkpoint, **bundle.describe(),
-        **row.to_dict(), "results": [row.to_dict()],
-    }  # fmt: skip
+        "model": model,
+        "checkpoint": loaded.checkpoint,
+        **bundle.describe(),
+        **row.to_dict(),
+        "results": [row.to_dict()],
+    }
     path = save_result(directory, "eval", payload)
     console.print(
         f"{model} on {bundle.name} test ({row.n} images): accuracy [bold]{acc:.4f}[/], "

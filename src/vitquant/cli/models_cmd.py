@@ -32,18 +32,27 @@ def models(out: OutOpt = None, overwrite: OverwriteOpt = True, verbose: VerboseO
     for spec in list_specs():
         path = spec.default_checkpoint_path()
         found = bool(path and path.is_file())
-        rows.append({
-            "name": spec.name, "family": spec.family, "input_size": list(spec.input_size),
-            "mean": list(spec.mean), "std": list(spec.std), "classes": list(spec.classes or []),
-            "checkpoint": str(path) if path else None, "checkpoint_found": found,
-            "description": spec.description,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "input_size": list(spec.input_size),
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "classes": list(spec.classes or []),
+                "checkpoint": str(path) if path else None,
+                "checkpoint_found": found,
+                "description": spec.description,
+            }
+        )
         table.add_row(
-            spec.name, spec.family, "x".join(map(str, spec.input_size)),
+            spec.name,
+            spec.family,
+            "x".join(map(str, spec.input_size)),
             str(spec.num_classes),
             (path.name if found else f"[red]missing[/] {path.name}") if path else "-",
             spec.description,
-        )  # fmt: skip
+        )
     console.print(table)
     if out is not None:
         directory = prepare_out(out, "models", "all", overwrite)
@@ -60,7 +69,7 @@ def layers(
             help="Load this checkpoint (state_dict) strictly, so a file that does not fit the "
             "model is refused [default: none, the architecture with random weights]."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
@@ -82,7 +91,10 @@ def layers(
         table.add_row(r["name"], r["type"], f"{r['params']:,}", "yes" if r["quantizable"] else "")
     console.print(table)
     if weights:
-        console.print(f"checkpoint {weights} loaded (strict: every tensor fits)", highlight=False,
-                      soft_wrap=True)  # fmt: skip
+        console.print(
+            f"checkpoint {weights} loaded (strict: every tensor fits)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if directory is not None:
         save_result(directory, "layers", {"model": model, "checkpoint": weights, "layers": rows})

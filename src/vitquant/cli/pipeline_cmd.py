@@ -103,47 +103,93 @@ def pipeline(
         raise VitquantError("--force-qat and --no-qat contradict each other: pass one of them.")
     # Built first: a bad --quantizer/--export fails before anything is loaded or written.
     cfg = PipelineConfig(
-        max_drop=max_drop, threshold=threshold, stats_images=stats_images,
-        per_channel=per_channel, observer=observer, backend=quantizer, export=export,
-        trials=trials, qat_epochs=qat_epochs, qat_train_limit=qat_train_limit,
-        force_qat=force_qat, sensitivity_limit=sensitivity_limit, lower=lower, qat=qat,
-    )  # fmt: skip
+        max_drop=max_drop,
+        threshold=threshold,
+        stats_images=stats_images,
+        per_channel=per_channel,
+        observer=observer,
+        backend=quantizer,
+        export=export,
+        trials=trials,
+        qat_epochs=qat_epochs,
+        qat_train_limit=qat_train_limit,
+        force_qat=force_qat,
+        sensitivity_limit=sensitivity_limit,
+        lower=lower,
+        qat=qat,
+    )
     directory = prepare_out(out, "pipeline", model, overwrite)
     set_threads(threads)
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
-        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
-        limit=limit, seed=seed,
-    )  # fmt: skip
+        model,
+        data=data,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_weights=random_weights,
+        num_classes=num_classes,
+        calib=calib,
+        val=val,
+        limit=limit,
+        seed=seed,
+    )
     from vitquant.pipeline_steps import analysis_step, qat_step
 
     run = run_pipeline(
-        loaded.model, loaded.spec, bundle, cfg, out=directory,
+        loaded.model,
+        loaded.spec,
+        bundle,
+        cfg,
+        out=directory,
         analyze=analysis_step(loaded.model, loaded.spec, bundle, cfg, log=console.print),
         qat_search=qat_step(model, loaded, bundle, cfg, directory, log=console.print),
         log=console.print,
-    )  # fmt: skip
-    flow_png = plot_flow(run.flow, directory / "pipeline_flow.png",
-                         title=f"{model} on {bundle.name}: budget {max_drop} pts")  # fmt: skip
+    )
+    flow_png = plot_flow(
+        run.flow,
+        directory / "pipeline_flow.png",
+        title=f"{model} on {bundle.name}: budget {max_drop} pts",
+    )
     table = Table(title=f"pipeline {model} ({bundle.name}, test n={len(bundle.test_idx)})")
-    for col in ("variant", "backend", "val drop", "test acc", "test drop", "float layers",
-                "MiB", "ms/img", "simulated"):  # fmt: skip
+    for col in (
+        "variant",
+        "backend",
+        "val drop",
+        "test acc",
+        "test drop",
+        "float layers",
+        "MiB",
+        "ms/img",
+        "simulated",
+    ):
         table.add_column(col, justify="right")
     for v in run.variants:
         r = v.row
-        table.add_row(r.variant, r.backend, f"{v.val_drop_pts:.2f}", f"{r.accuracy:.4f}",
-                      f"{r.drop_pts:.2f}", str(r.float_layers), f"{r.size_mb:.2f}",
-                      f"{r.latency_ms_per_image:.3f}", "yes" if r.simulated else "")  # fmt: skip
+        table.add_row(
+            r.variant,
+            r.backend,
+            f"{v.val_drop_pts:.2f}",
+            f"{r.accuracy:.4f}",
+            f"{r.drop_pts:.2f}",
+            str(r.float_layers),
+            f"{r.size_mb:.2f}",
+            f"{r.latency_ms_per_image:.3f}",
+            "yes" if r.simulated else "",
+        )
     # Wide enough for every column when stdout is not a terminal (rich defaults to 80).
     wide = console if console.is_terminal else Console(width=max(console.width, 120))
     wide.print(table)
     for d in run.decisions:
         console.print(f"[bold]{d['step']}[/]: {d['decision']} ({d['reason']})")
     payload = {
-        "model": model, "checkpoint": loaded.checkpoint, **bundle.describe(),
-        "subsets": bundle.sizes(), **run.to_dict(), "plots": [flow_png.name],
-    }  # fmt: skip
+        "model": model,
+        "checkpoint": loaded.checkpoint,
+        **bundle.describe(),
+        "subsets": bundle.sizes(),
+        **run.to_dict(),
+        "plots": [flow_png.name],
+    }
     path = save_result(directory, "pipeline", payload)
-    console.print(f"final: [bold]{run.final.row.variant}[/] ({run.final.row.backend}) - "
-                  f"{run.final_reason}")  # fmt: skip
+    console.print(
+        f"final: [bold]{run.final.row.variant}[/] ({run.final.row.backend}) - {run.final_reason}"
+    )
     console.print(f"wrote {path}")

@@ -61,9 +61,10 @@ TrainLimitOpt = Annotated[
 ]
 IgnoreOpt = Annotated[
     list[str] | None,
-    typer.Option(help="Keep in float: module name, glob (blocks.*.mlp.fc2) or type:Linear; "
-                      "repeatable."),
-]  # fmt: skip
+    typer.Option(
+        help="Keep in float: module name, glob (blocks.*.mlp.fc2) or type:Linear; repeatable."
+    ),
+]
 IgnoreTypeOpt = Annotated[
     list[str] | None, typer.Option(help="Keep every module of this type in float (repeatable).")
 ]
@@ -95,27 +96,40 @@ def _ignored(model, ignore, ignore_type, ignore_file):
     return resolve_modules(model, scope)
 
 
-def _finish(loaded, bundle, cfg, result, directory: Path, *, ignored, onnx, latency, stem,
-            export="none"):  # fmt: skip
+def _finish(
+    loaded, bundle, cfg, result, directory: Path, *, ignored, onnx, latency, stem, export="none"
+):
     """Plot, save and test the kept model; the part of qat.json / search.json it fills."""
     from vitquant.plots.qat import plot_qat_history
     from vitquant.quant.qat import DeployOptions, deploy_and_report
 
     directory.mkdir(parents=True, exist_ok=True)
     report = deploy_and_report(
-        loaded.model, loaded.spec, bundle, result, directory, ignored=ignored,
-        options=DeployOptions(onnx=onnx, latency=latency, stem=stem, backend=cfg.backend,
-                              export=export),
+        loaded.model,
+        loaded.spec,
+        bundle,
+        result,
+        directory,
+        ignored=ignored,
+        options=DeployOptions(
+            onnx=onnx, latency=latency, stem=stem, backend=cfg.backend, export=export
+        ),
         log=console.print,
-    )  # fmt: skip
-    plot = plot_qat_history(result.history, directory / f"{stem}_accuracy.png",
-                            best_epoch=result.best_epoch)  # fmt: skip
+    )
+    plot = plot_qat_history(
+        result.history, directory / f"{stem}_accuracy.png", best_epoch=result.best_epoch
+    )
     return {
-        "config": cfg.to_dict(), "history": result.history, "best_epoch": result.best_epoch,
-        "best_val_acc": result.best_val, "diverged": result.diverged,
-        "world_size": result.world_size, "qat_seconds": result.seconds,
-        **report, "plots": {"accuracy_per_epoch": str(plot)},
-    }  # fmt: skip
+        "config": cfg.to_dict(),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_val_acc": result.best_val,
+        "diverged": result.diverged,
+        "world_size": result.world_size,
+        "qat_seconds": result.seconds,
+        **report,
+        "plots": {"accuracy_per_epoch": str(plot)},
+    }
 
 
 @app.command("qat")
@@ -168,30 +182,60 @@ def qat_cmd(
     if ctx.world == 1:
         set_threads(threads)
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
-        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
-        limit=limit, seed=seed,
-    )  # fmt: skip
+        model,
+        data=data,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_weights=random_weights,
+        num_classes=num_classes,
+        calib=calib,
+        val=val,
+        limit=limit,
+        seed=seed,
+    )
     cfg = _qat_config(
-        epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
-        batch_size=batch_size, freeze_observers_after=freeze_observers_after,
-        freeze_bn_after=freeze_bn_after, train_limit=train_limit, calib=calib or None,
-        per_channel=per_channel, symmetric_activations=symmetric_activations, seed=seed,
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        freeze_observers_after=freeze_observers_after,
+        freeze_bn_after=freeze_bn_after,
+        train_limit=train_limit,
+        calib=calib or None,
+        per_channel=per_channel,
+        symmetric_activations=symmetric_activations,
+        seed=seed,
         backend=quantizer,
-    )  # fmt: skip
+    )
     scope = _ignored(loaded.model, ignore, ignore_type, ignore_file)
     say = console.print if ctx.is_main else (lambda *a, **k: None)
     say(f"QAT of {model} on {bundle.name} {bundle.sizes()}: {cfg}")
     result = run_qat(loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules, log=say)
     if not ctx.is_main:
         return
-    part = _finish(loaded, bundle, cfg, result, directory, ignored=scope.modules, onnx=onnx,
-                   latency=latency, stem="qat_int8", export=export)  # fmt: skip
+    part = _finish(
+        loaded,
+        bundle,
+        cfg,
+        result,
+        directory,
+        ignored=scope.modules,
+        onnx=onnx,
+        latency=latency,
+        stem="qat_int8",
+        export=export,
+    )
     payload = {
-        "model": model, "checkpoint": loaded.checkpoint, **bundle.describe(),
-        "ignored": scope.modules, "ignore_notes": scope.notes, **part,
+        "model": model,
+        "checkpoint": loaded.checkpoint,
+        **bundle.describe(),
+        "ignored": scope.modules,
+        "ignore_notes": scope.notes,
+        **part,
         "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
+    }
     path = save_result(directory, "qat", payload)
     console.print(
         f"kept epoch {result.best_epoch} (int8 val {result.best_val:.4f}); int8 test accuracy "
@@ -219,7 +263,7 @@ def search_cmd(
             help="Study database URL, e.g. postgresql://user@host:5432/db to share a "
             "study between workers [default: sqlite:///DIR/search.db]."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     study: Annotated[str | None, typer.Option(help="Study name [default: qat-<model>].")] = None,
     data: DataOpt = "digits",
     epochs: EpochsOpt = 2,
@@ -292,46 +336,74 @@ def search_cmd(
     directory = prepare_out(out, "search", model, overwrite)
     set_threads(threads)
     space = SearchSpace(
-        lr=_range(lr_range, "lr-range"), momentum=_range(momentum_range, "momentum-range"),
+        lr=_range(lr_range, "lr-range"),
+        momentum=_range(momentum_range, "momentum-range"),
         weight_decay=_range(wd_range, "wd-range"),
         epochs=_range(search_epochs, "search-epochs", int),
-    )  # fmt: skip
+    )
     scfg = SearchConfig(
-        trials=trials, study=study or f"qat-{model.replace(':', '_')}",
-        storage=storage or sqlite_url(directory / "search.db"), space=space, prune=prune,
+        trials=trials,
+        study=study or f"qat-{model.replace(':', '_')}",
+        storage=storage or sqlite_url(directory / "search.db"),
+        space=space,
+        prune=prune,
         seed=seed,
-    )  # fmt: skip
+    )
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
-        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
-        limit=limit, seed=seed,
-    )  # fmt: skip
+        model,
+        data=data,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_weights=random_weights,
+        num_classes=num_classes,
+        calib=calib,
+        val=val,
+        limit=limit,
+        seed=seed,
+    )
     base = _qat_config(
-        epochs=epochs, optimizer=optimizer, batch_size=batch_size,
-        freeze_observers_after=freeze_observers_after, freeze_bn_after=freeze_bn_after,
-        train_limit=train_limit, calib=calib or None, per_channel=per_channel,
-        symmetric_activations=symmetric_activations, seed=seed, backend=quantizer,
-    )  # fmt: skip
+        epochs=epochs,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        freeze_observers_after=freeze_observers_after,
+        freeze_bn_after=freeze_bn_after,
+        train_limit=train_limit,
+        calib=calib or None,
+        per_channel=per_channel,
+        symmetric_activations=symmetric_activations,
+        seed=seed,
+        backend=quantizer,
+    )
     scope = _ignored(loaded.model, ignore, ignore_type, ignore_file)
     searched = {"lr", "momentum", "weight_decay"} | ({"epochs"} if space.epochs else set())
     identity = {
-        "model": model, "checkpoint": loaded.checkpoint, "data": bundle.name,
-        "n_val": len(bundle.val_idx), "n_calib": len(bundle.calib_idx), "seed": seed,
-        "ignored": scope.modules, "space": asdict(space),
+        "model": model,
+        "checkpoint": loaded.checkpoint,
+        "data": bundle.name,
+        "n_val": len(bundle.val_idx),
+        "n_calib": len(bundle.calib_idx),
+        "seed": seed,
+        "ignored": scope.modules,
+        "space": asdict(space),
         "base": {k: v for k, v in base.to_dict().items() if k not in searched},
-    }  # fmt: skip
+    }
     directory.mkdir(parents=True, exist_ok=True)
     opened = open_study(scfg, identity)
-    console.print(f"study {scfg.study!r}: {len(opened.trials)} trial(s) stored; target "
-                  f"{scfg.trials} finished")  # fmt: skip
+    console.print(
+        f"study {scfg.study!r}: {len(opened.trials)} trial(s) stored; target {scfg.trials} finished"
+    )
 
     def train_fn(params, report):
         cfg = replace(base, **params)
         result = run_qat(
-            loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules,
+            loaded.model,
+            loaded.spec,
+            bundle,
+            cfg,
+            ignore=scope.modules,
             on_epoch=lambda epoch, rec, _m: epoch and report(epoch, rec["int8_val_acc"]),
             log=lambda s: None,
-        )  # fmt: skip
+        )
         attrs = {"best_epoch": result.best_epoch, "history": result.history}
         return result.best_val, attrs
 
@@ -344,23 +416,42 @@ def search_cmd(
     if final and summary["best"] is not None:
         best = summary["best"]
         cfg = replace(base, **best["params"])
-        console.print(f"retraining the best trial #{best['number']} ({best['params']}) and "
-                      "testing it")  # fmt: skip
-        result = run_qat(loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules,
-                         log=console.print)  # fmt: skip
-        final_part = _finish(loaded, bundle, cfg, result, directory, ignored=scope.modules,
-                             onnx=onnx, latency=latency, stem="search_best_int8",
-                             export=export)  # fmt: skip
+        console.print(
+            f"retraining the best trial #{best['number']} ({best['params']}) and testing it"
+        )
+        result = run_qat(
+            loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules, log=console.print
+        )
+        final_part = _finish(
+            loaded,
+            bundle,
+            cfg,
+            result,
+            directory,
+            ignored=scope.modules,
+            onnx=onnx,
+            latency=latency,
+            stem="search_best_int8",
+            export=export,
+        )
         final_part["trial"] = best["number"]
     elif final:
         notes.append("no COMPLETE trial: nothing to retrain")
     payload = {
-        "model": model, "checkpoint": loaded.checkpoint, **bundle.describe(),
-        "search": config_dict(scfg), "base_config": base.to_dict(), "ignored": scope.modules,
-        "worker": asdict(worker), **summary, "plots": plots, "notes": notes,
-        "final": final_part, "seconds": time.perf_counter() - t0,
+        "model": model,
+        "checkpoint": loaded.checkpoint,
+        **bundle.describe(),
+        "search": config_dict(scfg),
+        "base_config": base.to_dict(),
+        "ignored": scope.modules,
+        "worker": asdict(worker),
+        **summary,
+        "plots": plots,
+        "notes": notes,
+        "final": final_part,
+        "seconds": time.perf_counter() - t0,
         "optuna": optuna.__version__,
-    }  # fmt: skip
+    }
     path = save_result(directory, "search", payload)
     best = summary["best"]
     tail = f"best trial #{best['number']}: int8 val {best['value']:.4f}" if best else "no best"

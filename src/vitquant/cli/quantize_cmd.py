@@ -51,9 +51,11 @@ WSpeedOpt = Annotated[
 ]
 LowerOpt = Annotated[
     bool,
-    typer.Option(help="Time pt2e models after inductor lowering (int8 kernels); --no-lower "
-                      "times the eager emulation and marks the rows simulated."),
-]  # fmt: skip
+    typer.Option(
+        help="Time pt2e models after inductor lowering (int8 kernels); --no-lower "
+        "times the eager emulation and marks the rows simulated."
+    ),
+]
 LatencyBatchOpt = Annotated[
     int,
     typer.Option(min=1, help="Batch size of the row's latency (batch 1 and 32 are both saved)."),
@@ -113,7 +115,7 @@ def quantize(
             "--symmetric-activations/--asymmetric-activations",
             help="int8 symmetric (zero point 0) or uint8 asymmetric activations.",
         ),
-    ] = False,  # fmt: skip
+    ] = False,
     quantizer: QuantizerOpt = "x86",
     export: ExportOpt = "none",
     observer: ObserverOpt = None,
@@ -126,7 +128,7 @@ def quantize(
             help="Keep in float: a module name, glob (blocks.0.*), parameter name, "
             "type:Linear, or 'auto' (accuracy-aware, see --max-drop). Repeatable."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     ignore_file: Annotated[
         Path | None, typer.Option(help="File with one --ignore entry per line (# comments).")
     ] = None,
@@ -147,7 +149,7 @@ def quantize(
             help="Sweep k = layers with the most activation outliers kept in float: "
             "0..10, 0,2,5 or N. Plots accuracy against k."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     onnx: Annotated[bool, typer.Option(help="Also export to ONNX and quantize with ORT.")] = True,
     lower: LowerOpt = True,
     latency_batch: LatencyBatchOpt = 1,
@@ -171,37 +173,68 @@ def quantize(
     auto = "auto" in entries
     entries = [e for e in entries if e != "auto"]
     scope = IgnoreScope.from_cli(entries, ignore_type or [], ignore_file)
-    static = StaticPTQ(backend=quantizer, per_channel=per_channel,
-                       symmetric_activations=symmetric_activations, observer=observer,
-                       percentile=percentile, calib=calib)  # fmt: skip
+    static = StaticPTQ(
+        backend=quantizer,
+        per_channel=per_channel,
+        symmetric_activations=symmetric_activations,
+        observer=observer,
+        percentile=percentile,
+        calib=calib,
+    )
     job = QuantizeJob(
-        static=static, dynamic=DynamicPTQ(), ignore=scope,
-        auto_max_drop=max_drop if auto else None, auto_val_limit=auto_val_limit,
-        top_k=parse_top_k(ignore_top_k), variants=METHODS[method], onnx=onnx, export=export,
+        static=static,
+        dynamic=DynamicPTQ(),
+        ignore=scope,
+        auto_max_drop=max_drop if auto else None,
+        auto_val_limit=auto_val_limit,
+        top_k=parse_top_k(ignore_top_k),
+        variants=METHODS[method],
+        onnx=onnx,
+        export=export,
         lower=lower,
-        latency_batches=tuple(sorted({1, 32, latency_batch})), latency_batch=latency_batch,
-        threads=threads, weights=ScoreWeights(w_acc, w_size, w_speed),
-    )  # fmt: skip
+        latency_batches=tuple(sorted({1, 32, latency_batch})),
+        latency_batch=latency_batch,
+        threads=threads,
+        weights=ScoreWeights(w_acc, w_size, w_speed),
+    )
     loaded, bundle = model_and_data(
-        model, data=data, checkpoint=checkpoint, pretrained=pretrained,
-        random_weights=random_weights, num_classes=num_classes, calib=calib, val=val,
-        limit=limit, seed=seed,
-    )  # fmt: skip
+        model,
+        data=data,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_weights=random_weights,
+        num_classes=num_classes,
+        calib=calib,
+        val=val,
+        limit=limit,
+        seed=seed,
+    )
     # An ignore entry that matches nothing must fail before anything is written.
     if scope:
         scope.resolve(loaded.model)
     result = run_variants(
-        loaded.model, bundle, loaded.spec, job, artifacts=directory / "artifacts",
-        log=lambda line: console.print(line, highlight=False), progress=True,
-    )  # fmt: skip
+        loaded.model,
+        bundle,
+        loaded.spec,
+        job,
+        artifacts=directory / "artifacts",
+        log=lambda line: console.print(line, highlight=False),
+        progress=True,
+    )
     payload = {
-        "model": model, "checkpoint": loaded.checkpoint, "num_classes": loaded.spec.num_classes,
-        **bundle.describe(), "method": method, "job": job.to_dict(),
-        "score": {"formula": "w_acc*accuracy + w_size*(1 - size/size_fp32) + "
-                             "w_speed*(1 - latency/latency_fp32), vs the pytorch fp32 row",
-                  "weights": {"accuracy": w_acc, "size": w_size, "speed": w_speed}},
+        "model": model,
+        "checkpoint": loaded.checkpoint,
+        "num_classes": loaded.spec.num_classes,
+        **bundle.describe(),
+        "method": method,
+        "job": job.to_dict(),
+        "score": {
+            "formula": "w_acc*accuracy + w_size*(1 - size/size_fp32) + "
+            "w_speed*(1 - latency/latency_fp32), vs the pytorch fp32 row",
+            "weights": {"accuracy": w_acc, "size": w_size, "speed": w_speed},
+        },
         **result.payload(),
-    }  # fmt: skip
+    }
     plots = _plots(directory, result, model)
     payload["plots"] = [str(p) for p in plots]
     path = save_result(directory, "quantize", payload)
@@ -217,13 +250,23 @@ def _plots(directory: Path, result, model: str) -> list[Path]:
     out = []
     if result.sweep:
         fp32 = next(r for r in result.rows if r.variant == "fp32" and r.backend == "pytorch")
-        out.append(plot_top_k(result.sweep, directory / "quantize_topk.png",
-                              fp32={"test": fp32.accuracy},
-                              title=f"{model}: accuracy vs k outlier layers in float"))  # fmt: skip
+        out.append(
+            plot_top_k(
+                result.sweep,
+                directory / "quantize_topk.png",
+                fp32={"test": fp32.accuracy},
+                title=f"{model}: accuracy vs k outlier layers in float",
+            )
+        )
     if result.auto and len(result.auto.steps) > 1:
-        out.append(plot_auto_steps(result.auto.steps, directory / "quantize_auto.png",
-                                   max_drop=result.auto.max_drop,
-                                   title=f"{model}: --ignore auto steps (val)"))  # fmt: skip
+        out.append(
+            plot_auto_steps(
+                result.auto.steps,
+                directory / "quantize_auto.png",
+                max_drop=result.auto.max_drop,
+                title=f"{model}: --ignore auto steps (val)",
+            )
+        )
     return out
 
 
@@ -246,8 +289,10 @@ def _print(rows: list[dict], title: str, result=None) -> None:
         )
         test = next((r for r in result.rows if r.variant == "static-auto"), None)
         if test is not None and test.drop_pts > a.max_drop:
-            console.print(f"[yellow]on test the drop is {test.drop_pts:.2f} pts: missed the "
-                          f"budget by {test.drop_pts - a.max_drop:.2f} pts[/]")  # fmt: skip
+            console.print(
+                f"[yellow]on test the drop is {test.drop_pts:.2f} pts: missed the "
+                f"budget by {test.drop_pts - a.max_drop:.2f} pts[/]"
+            )
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(
@@ -290,14 +335,24 @@ def bench(
     bundle = load_data(data or document["data"], calib=0, limit=limit, seed=seed)
     check_compatible(bundle, spec)
     rows = bench_rows(
-        document, bundle, spec, threads=threads, lower=lower,
-        latency_batches=tuple(sorted({1, 32, latency_batch})), latency_batch=latency_batch,
+        document,
+        bundle,
+        spec,
+        threads=threads,
+        lower=lower,
+        latency_batches=tuple(sorted({1, 32, latency_batch})),
+        latency_batch=latency_batch,
         weights=ScoreWeights(w_acc, w_size, w_speed),
         log=lambda line: console.print(line, highlight=False),
-    )  # fmt: skip
+    )
     results = [r.to_dict() for r in rows]
-    payload = {"model": document["model"], "source": str(source), **bundle.describe(),
-               "threads": rows[0].latency_threads, "results": results}  # fmt: skip
+    payload = {
+        "model": document["model"],
+        "source": str(source),
+        **bundle.describe(),
+        "threads": rows[0].latency_threads,
+        "results": results,
+    }
     path = save_result(directory, "bench", payload)
     title = f"vitquant bench {document['model']} ({bundle.name} test, {rows[0].n} images)"
     save_tables(directory, "bench", results, title=title)

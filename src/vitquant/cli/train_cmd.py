@@ -61,7 +61,7 @@ def train_cmd(
             help="Where the best-validation weights go [default: the user cache dir, "
             "where the registry finds digits models]."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     restart: Annotated[bool, typer.Option(help="Ignore a saved state and start over.")] = False,
     num_classes: NumClassesOpt = None,
     val: ValOpt = None,
@@ -86,9 +86,16 @@ def train_cmd(
     else:
         net = load_model(model, random_weights=True, num_classes=spec.num_classes).model
     cfg = recipe(
-        spec, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-        optimizer=optimizer, batch_size=batch_size, train_limit=train_limit, seed=seed,
-    )  # fmt: skip
+        spec,
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        train_limit=train_limit,
+        seed=seed,
+    )
     save_path = save or default_save_path(model)
     if restart:
         save_path.with_name(save_path.name + ".state").unlink(missing_ok=True)
@@ -96,11 +103,16 @@ def train_cmd(
     state = train(net, spec, bundle, cfg, checkpoint=save_path, log=console.print)
     test_acc = accuracy(net, bundle, "test", spec, progress="test")
     payload = {
-        "model": model, **bundle.describe(), "config": asdict(cfg), "checkpoint": str(save_path),
-        "best_epoch": state.best_epoch, "best_val_acc": state.best_val, "test_acc": test_acc,
+        "model": model,
+        **bundle.describe(),
+        "config": asdict(cfg),
+        "checkpoint": str(save_path),
+        "best_epoch": state.best_epoch,
+        "best_val_acc": state.best_val,
+        "test_acc": test_acc,
         "history": state.history,
         "seconds": sum(h["seconds"] for h in state.history),
-    }  # fmt: skip
+    }
     path = save_result(directory, "train", payload)
     console.print(
         f"kept epoch {state.best_epoch} (val {state.best_val:.4f}); test accuracy "

@@ -79,8 +79,13 @@ class DataBundle:
 
     def describe(self) -> dict:
         sizes = {f"n_{k}": v for k, v in self.sizes().items()}
-        return {"data": self.name, "classes": list(self.classes), "seed": self.seed, **sizes,
-                "notes": self.notes}  # fmt: skip
+        return {
+            "data": self.name,
+            "classes": list(self.classes),
+            "seed": self.seed,
+            **sizes,
+            "notes": self.notes,
+        }
 
     def batches(
         self,
@@ -125,9 +130,15 @@ class DataBundle:
             rank, world = shard
             positions = positions[rank::world]
         yield from loader.iterate(
-            source, positions, spec, batch_size=batch_size, augment=augment,
-            generator=generator, progress=progress, workers=workers,
-        )  # fmt: skip
+            source,
+            positions,
+            spec,
+            batch_size=batch_size,
+            augment=augment,
+            generator=generator,
+            progress=progress,
+            workers=workers,
+        )
 
 
 def stratified_subset(

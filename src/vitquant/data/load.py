@@ -25,14 +25,18 @@ def _folder_source(root: Path) -> tuple[tuple[str, ...], Source | None, Source, 
     if train_dir is None and test_name is None:
         # The folder itself is a single ImageFolder split.
         classes, only = sources.list_folder(root)
-        note = (f"{root} has no train/ or test/: calibration, validation and test are drawn "
-                "disjointly from its images")  # fmt: skip
+        note = (
+            f"{root} has no train/ or test/: calibration, validation and test are drawn "
+            "disjointly from its images"
+        )
         return classes, None, only, [note]
     if train_dir is None or test_name is None:
         single = train_dir or root / test_name
         classes, only = sources.list_folder(single)
-        note = (f"{root} has only {single.name}/: calibration, validation and test are drawn "
-                "disjointly from it")  # fmt: skip
+        note = (
+            f"{root} has only {single.name}/: calibration, validation and test are drawn "
+            "disjointly from it"
+        )
         return classes, None, only, [note]
     classes, train = sources.list_folder(train_dir)
     test_classes, test = sources.list_folder(root / test_name)
@@ -129,7 +133,14 @@ def load_data(
     else:
         test_idx = interleave(np.arange(len(test_labels)), test_labels)
     return DataBundle(
-        name=name, classes=tuple(classes), pool=pool, test_split=test_split,
-        val_idx=val_idx, calib_idx=calib_idx, fit_idx=fit_idx, test_idx=test_idx,
-        seed=seed, notes=notes,
-    )  # fmt: skip
+        name=name,
+        classes=tuple(classes),
+        pool=pool,
+        test_split=test_split,
+        val_idx=val_idx,
+        calib_idx=calib_idx,
+        fit_idx=fit_idx,
+        test_idx=test_idx,
+        seed=seed,
+        notes=notes,
+    )

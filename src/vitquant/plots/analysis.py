@@ -21,11 +21,20 @@ import numpy as np  # noqa: E402
 from vitquant.io import atomic_write  # noqa: E402
 
 KIND_COLORS = {
-    "patch_embed": "#7f7f7f", "qkv": "#1f77b4", "proj": "#ff7f0e", "fc1": "#2ca02c",
-    "fc2": "#d62728", "norm": "#9467bd", "act": "#8c564b", "softmax": "#e377c2",
-    "head": "#17becf", "conv": "#1f77b4", "conv_dw": "#ff7f0e", "conv_pw": "#2ca02c",
+    "patch_embed": "#7f7f7f",
+    "qkv": "#1f77b4",
+    "proj": "#ff7f0e",
+    "fc1": "#2ca02c",
+    "fc2": "#d62728",
+    "norm": "#9467bd",
+    "act": "#8c564b",
+    "softmax": "#e377c2",
+    "head": "#17becf",
+    "conv": "#1f77b4",
+    "conv_dw": "#ff7f0e",
+    "conv_pw": "#2ca02c",
     "linear": "#bcbd22",
-}  # fmt: skip
+}
 SIGNIFICANT = "#d62728"
 HIGHLIGHT = "#fde0dd"
 
@@ -42,8 +51,14 @@ def _legend_kinds(ax, kinds) -> None:
 
     seen = [k for k in KIND_COLORS if k in set(kinds)]
     handles = [Patch(color=KIND_COLORS[k], label=k) for k in seen]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
-              title="layer type", title_fontsize=8)  # fmt: skip
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        title="layer type",
+        title_fontsize=8,
+    )
 
 
 def _tall(n: int, per_row: float = 0.17, base: float = 1.8) -> float:
@@ -63,20 +78,36 @@ def plot_activation_boxplots(stats: list, path: str | Path, *, title: str = "") 
     for s in stats:
         extremes = [v for v in (s.min, s.max) if v < s.lower_fence or v > s.upper_fence]
         fliers = np.concatenate([np.asarray(s.outlier_sample, dtype=np.float64), extremes])
-        boxes.append({
-            "label": f"{s.point}  ({s.outlier_pct:.1f}%)", "med": s.median, "q1": s.q1,
-            "q3": s.q3, "whislo": s.whisker_low, "whishi": s.whisker_high, "fliers": fliers,
-        })  # fmt: skip
+        boxes.append(
+            {
+                "label": f"{s.point}  ({s.outlier_pct:.1f}%)",
+                "med": s.median,
+                "q1": s.q1,
+                "q3": s.q3,
+                "whislo": s.whisker_low,
+                "whishi": s.whisker_high,
+                "fliers": fliers,
+            }
+        )
     positions = np.arange(n)[::-1]  # first point at the top
     for pos, s in zip(positions, stats, strict=True):
         if s.significant:
             ax.axhspan(pos - 0.5, pos + 0.5, color=HIGHLIGHT, zorder=0)
     art = ax.bxp(
-        boxes, positions=positions, orientation="horizontal", widths=0.6, patch_artist=True,
-        flierprops=dict(marker="o", markersize=2.2, markerfacecolor=SIGNIFICANT,
-                        markeredgecolor="none", alpha=0.5),
+        boxes,
+        positions=positions,
+        orientation="horizontal",
+        widths=0.6,
+        patch_artist=True,
+        flierprops=dict(
+            marker="o",
+            markersize=2.2,
+            markerfacecolor=SIGNIFICANT,
+            markeredgecolor="none",
+            alpha=0.5,
+        ),
         medianprops=dict(color="black", linewidth=1),
-    )  # fmt: skip
+    )
     for patch, s in zip(art["boxes"], stats, strict=True):
         patch.set_facecolor(KIND_COLORS.get(s.kind, "#aaaaaa"))
         patch.set_alpha(0.8)
@@ -87,8 +118,9 @@ def plot_activation_boxplots(stats: list, path: str | Path, *, title: str = "") 
             label.set_fontweight("bold")
     ax.set_xscale("symlog", linthresh=1.0)
     lo, hi = ax.get_xlim()
-    ticks = [0.0] + [s * v for v in (0.5, 1, 2, 5, 10, 20, 50, 100, 1e3, 1e4, 1e5, 1e6)
-                     for s in (-1, 1)]  # fmt: skip
+    ticks = [0.0] + [
+        s * v for v in (0.5, 1, 2, 5, 10, 20, 50, 100, 1e3, 1e4, 1e5, 1e6) for s in (-1, 1)
+    ]
     ticks = sorted(t for t in ticks if lo <= t <= hi)
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
     ax.set_ylim(-0.7, n - 0.3)
@@ -131,9 +163,17 @@ def plot_weight_histograms(
 
 
 def _bars(
-    labels: list[str], values, *, title: str, xlabel: str, colors=None,
-    highlight=None, vline: float | None = None, xscale: str = "linear", annotate: str = "{:.2f}",
-):  # fmt: skip
+    labels: list[str],
+    values,
+    *,
+    title: str,
+    xlabel: str,
+    colors=None,
+    highlight=None,
+    vline: float | None = None,
+    xscale: str = "linear",
+    annotate: str = "{:.2f}",
+):
     n = len(labels)
     values = np.asarray(values, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(9, _tall(n, 0.16)))
@@ -154,9 +194,15 @@ def _bars(
     ax.axvline(0, color="black", linewidth=0.6)
     for p, v in zip(pos, values, strict=True):
         if np.isfinite(v):
-            ax.annotate(annotate.format(v), (v, p), xytext=(2 if v >= 0 else -2, 0),
-                        textcoords="offset points", va="center", fontsize=5.5,
-                        ha="left" if v >= 0 else "right")  # fmt: skip
+            ax.annotate(
+                annotate.format(v),
+                (v, p),
+                xytext=(2 if v >= 0 else -2, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=5.5,
+                ha="left" if v >= 0 else "right",
+            )
     ax.set_ylim(-0.7, n - 0.3)
     ax.margins(x=0.15)
     ax.set_xlabel(xlabel)
@@ -168,11 +214,15 @@ def _bars(
 def plot_outlier_bars(stats: list, path: str | Path, *, threshold: float = 5.0) -> Path:
     """Outlier percentage of every observed point; the significance threshold as a dashed line."""
     fig, ax = _bars(
-        [s.point for s in stats], [s.outlier_pct for s in stats],
+        [s.point for s in stats],
+        [s.outlier_pct for s in stats],
         title=f"activation outliers beyond the IQR fences (significant: > {threshold:g}%)",
-        xlabel="outlier %", colors=[KIND_COLORS.get(s.kind, "#888") for s in stats],
-        highlight=[s.significant for s in stats], vline=threshold, annotate="{:.1f}",
-    )  # fmt: skip
+        xlabel="outlier %",
+        colors=[KIND_COLORS.get(s.kind, "#888") for s in stats],
+        highlight=[s.significant for s in stats],
+        vline=threshold,
+        annotate="{:.1f}",
+    )
     _legend_kinds(ax, [s.kind for s in stats])
     return _save(fig, path)
 
@@ -180,12 +230,14 @@ def plot_outlier_bars(stats: list, path: str | Path, *, threshold: float = 5.0) 
 def plot_change_score_bars(weights: list, path: str | Path) -> Path:
     """The study's change score per weight tensor (symlog: scores can be huge or negative)."""
     fig, ax = _bars(
-        [w.name for w in weights], [w.change_score for w in weights],
+        [w.name for w in weights],
+        [w.change_score for w in weights],
         title="change score C = |dmean|/mean + |dstd|/std (int8 per-tensor; as in the study)",
         xlabel="change score (symmetric log)",
-        colors=[KIND_COLORS.get(w.kind, "#888") for w in weights], xscale="symlog",
+        colors=[KIND_COLORS.get(w.kind, "#888") for w in weights],
+        xscale="symlog",
         annotate="{:.3g}",
-    )  # fmt: skip
+    )
     _legend_kinds(ax, [w.kind for w in weights])
     return _save(fig, path)
 
@@ -200,8 +252,9 @@ def plot_sqnr_bars(weights: list, path: str | Path) -> Path:
     ax.barh(
         pos + 0.2, np.nan_to_num(per_t, posinf=0), height=0.4, label="per-tensor", color="#4c72b0"
     )
-    ax.barh(pos - 0.2, np.nan_to_num(per_c, posinf=0), height=0.4, label="per-channel",
-            color="#55a868")  # fmt: skip
+    ax.barh(
+        pos - 0.2, np.nan_to_num(per_c, posinf=0), height=0.4, label="per-channel", color="#55a868"
+    )
     ax.set_yticks(pos, [w.name for w in weights], fontsize=7)
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlabel("weight SQNR (dB, higher = less int8 error)")

@@ -19,10 +19,15 @@ def plot_compare_depth(profiles, path: Path) -> Path:
         style = "-" if p.family == "vit" else "--"
         axes[0].plot(depth, [d["outlier_pct"] for d in p.depth], style, marker="o", label=p.model)
         axes[1].plot(depth, [d["range"] for d in p.depth], style, marker="o", label=p.model)
-    axes[0].set(xlabel="relative depth", ylabel="outlier % (IQR rule)",
-                title="Activation outliers by depth")  # fmt: skip
-    axes[1].set(xlabel="relative depth", ylabel="max - min", yscale="log",
-                title="Activation dynamic range by depth")  # fmt: skip
+    axes[0].set(
+        xlabel="relative depth", ylabel="outlier % (IQR rule)", title="Activation outliers by depth"
+    )
+    axes[1].set(
+        xlabel="relative depth",
+        ylabel="max - min",
+        yscale="log",
+        title="Activation dynamic range by depth",
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -61,8 +66,11 @@ def plot_compare_channels(profiles, path: Path) -> Path:
     ax.bar(x + 0.2, [p.weight_channel_ratio_median for p in profiles], 0.4, label="weights")
     ax.set_xticks(x, names)
     top = max(max(p.act_channel_ratio_median, p.weight_channel_ratio_median) for p in profiles)
-    ax.set(ylabel="median of max/median channel |max|", yscale="log" if top > 20 else "linear",
-           title="Inter-channel variation (why per-tensor scales hurt)")  # fmt: skip
+    ax.set(
+        ylabel="median of max/median channel |max|",
+        yscale="log" if top > 20 else "linear",
+        title="Inter-channel variation (why per-tensor scales hurt)",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

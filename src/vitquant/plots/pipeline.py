@@ -10,8 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
-_COLORS = {"ok": "#d1fadf", "miss": "#fee4e2", "info": "#eef2f6", "skip": "#f2f4f7",
-           "final": "#b2ddff"}  # fmt: skip
+_COLORS = {
+    "ok": "#d1fadf",
+    "miss": "#fee4e2",
+    "info": "#eef2f6",
+    "skip": "#f2f4f7",
+    "final": "#b2ddff",
+}
 
 
 def plot_flow(nodes: list[dict], path: Path, *, title: str = "") -> Path:
@@ -29,16 +34,24 @@ def plot_flow(nodes: list[dict], path: Path, *, title: str = "") -> Path:
     for i, node in enumerate(nodes):
         y = (n - i - 1) * 1.15 + 0.3
         box = FancyBboxPatch(
-            (0.6, y), 8.8, 0.85, boxstyle="round,pad=0.02,rounding_size=0.12",
-            facecolor=_COLORS.get(node.get("status", "info"), "#eef2f6"), edgecolor="#475467",
+            (0.6, y),
+            8.8,
+            0.85,
+            boxstyle="round,pad=0.02,rounding_size=0.12",
+            facecolor=_COLORS.get(node.get("status", "info"), "#eef2f6"),
+            edgecolor="#475467",
             linestyle="--" if node.get("status") == "skip" else "-",
-        )  # fmt: skip
+        )
         ax.add_patch(box)
         ax.text(1.0, y + 0.58, node["label"], fontsize=10.5, weight="bold", va="center")
         ax.text(1.0, y + 0.24, node.get("detail", ""), fontsize=8.5, va="center", color="#344054")
         if i < n - 1:
-            ax.annotate("", xy=(5, y - 0.28), xytext=(5, y),
-                        arrowprops={"arrowstyle": "->", "color": "#475467"})  # fmt: skip
+            ax.annotate(
+                "",
+                xy=(5, y - 0.28),
+                xytext=(5, y),
+                arrowprops={"arrowstyle": "->", "color": "#475467"},
+            )
     if title:
         ax.set_title(title, fontsize=12)
     fig.tight_layout()

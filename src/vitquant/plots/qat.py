@@ -94,8 +94,10 @@ def plot_study(study, directory: str | Path) -> tuple[dict[str, str], list[str]]
 
     directory = Path(directory)
     drawn, notes = {}, []
-    for name, fn in (("optimization_history", ovm.plot_optimization_history),
-                     ("param_importances", ovm.plot_param_importances)):  # fmt: skip
+    for name, fn in (
+        ("optimization_history", ovm.plot_optimization_history),
+        ("param_importances", ovm.plot_param_importances),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # experimental API, equal-importance notices

@@ -10,8 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_top_k(sweep: list[dict], path: Path, *, fp32: dict[str, float] | None = None,
-               title: str = "") -> Path:  # fmt: skip
+def plot_top_k(
+    sweep: list[dict], path: Path, *, fp32: dict[str, float] | None = None, title: str = ""
+) -> Path:
     """Accuracy against k, the number of most-outlier layers kept in float.
 
     Args:
@@ -25,8 +26,13 @@ def plot_top_k(sweep: list[dict], path: Path, *, fp32: dict[str, float] | None =
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, role in enumerate(roles):
         color = f"C{i}"
-        ax.plot(ks, [r[f"{role}_acc"] * 100 for r in sweep], marker="o", color=color,
-                label=f"static int8 ({role})")  # fmt: skip
+        ax.plot(
+            ks,
+            [r[f"{role}_acc"] * 100 for r in sweep],
+            marker="o",
+            color=color,
+            label=f"static int8 ({role})",
+        )
         if fp32 and role in fp32:
             ax.axhline(fp32[role] * 100, ls="--", color=color, alpha=0.6, label=f"fp32 ({role})")
     ax.set(

@@ -58,10 +58,15 @@ class AutoResult:
 
     def to_dict(self) -> dict:
         return {
-            "ignored": self.ignored, "steps": self.steps, "fp32_val_acc": self.fp32_val_acc,
-            "val_acc": self.val_acc, "drop_pts": self.drop_pts, "max_drop": self.max_drop,
-            "met": self.met, "ranking": self.ranking,
-        }  # fmt: skip
+            "ignored": self.ignored,
+            "steps": self.steps,
+            "fp32_val_acc": self.fp32_val_acc,
+            "val_acc": self.val_acc,
+            "drop_pts": self.drop_pts,
+            "max_drop": self.max_drop,
+            "met": self.met,
+            "ranking": self.ranking,
+        }
 
 
 def sensitivity_ranking(model: nn.Module, bundle: DataBundle, spec, *, limit: int | None = None):
@@ -186,8 +191,15 @@ def select_ignore(
             qm = quantize_static(model, bundle, spec, cfg, ignore=ignored, calibration=cache)
             acc = evaluate(qm) if evaluate is not None else val_acc(qm.module)
         drop = round((fp32 - acc) * 100, 4)
-        steps.append({"step": len(steps), "ignored": ignored, "added": added, "val_acc": acc,
-                      "drop_pts": drop})  # fmt: skip
+        steps.append(
+            {
+                "step": len(steps),
+                "ignored": ignored,
+                "added": added,
+                "val_acc": acc,
+                "drop_pts": drop,
+            }
+        )
         models[len(steps) - 1] = qm
         if log:
             what = f"+ {added}" if added else ("all layers int8" if not ignored else "base list")
@@ -214,17 +226,26 @@ def select_ignore(
                 if step(base + ranking[:k], ranking[k - 1]) <= max_drop:
                     break
         elif limit > 0:
-            chosen = _bisect(lambda k: step(base + ranking[:k], ranking[k - 1]) <= max_drop,
-                             limit, lambda: len(steps) - 1)  # fmt: skip
+            chosen = _bisect(
+                lambda k: step(base + ranking[:k], ranking[k - 1]) <= max_drop,
+                limit,
+                lambda: len(steps) - 1,
+            )
         for k in list(models):  # free the models that were not chosen
             if k not in (0, chosen):
                 del models[k]
     last = steps[chosen]
     return AutoResult(
-        ignored=last["ignored"], steps=steps, fp32_val_acc=fp32, val_acc=last["val_acc"],
-        drop_pts=last["drop_pts"], max_drop=max_drop, met=last["drop_pts"] <= max_drop,
-        ranking=list(ranking or []), model=models[chosen],
-    )  # fmt: skip
+        ignored=last["ignored"],
+        steps=steps,
+        fp32_val_acc=fp32,
+        val_acc=last["val_acc"],
+        drop_pts=last["drop_pts"],
+        max_drop=max_drop,
+        met=last["drop_pts"] <= max_drop,
+        ranking=list(ranking or []),
+        model=models[chosen],
+    )
 
 
 def _bisect(good: Callable[[int], bool], hi: int, current_step: Callable[[], int]) -> int:

@@ -96,15 +96,26 @@ def bench_rows(
             lat = measure_latency(runner, examples)
         extra["latency_ms_per_image_by_batch"] = {str(b): v for b, v in lat.items()}
         row = ResultRow(
-            variant=old["variant"], backend=old["backend"], accuracy=acc, n=len(labels),
-            int8_layers=old.get("int8_layers", 0), float_layers=old.get("float_layers", 0),
-            size_mb=file_size_mb(old["artifact"]), latency_ms_per_image=lat[latency_batch],
-            latency_batch=latency_batch, latency_threads=n_threads, simulated=simulated,
-            ignored=list(old.get("ignored", [])), artifact=old["artifact"], extra=extra,
-        )  # fmt: skip
+            variant=old["variant"],
+            backend=old["backend"],
+            accuracy=acc,
+            n=len(labels),
+            int8_layers=old.get("int8_layers", 0),
+            float_layers=old.get("float_layers", 0),
+            size_mb=file_size_mb(old["artifact"]),
+            latency_ms_per_image=lat[latency_batch],
+            latency_batch=latency_batch,
+            latency_threads=n_threads,
+            simulated=simulated,
+            ignored=list(old.get("ignored", [])),
+            artifact=old["artifact"],
+            extra=extra,
+        )
         rows.append(row)
-        log(f"{row.variant:<14} {row.backend:<18} acc {acc:.4f}  size {row.size_mb:.3f} MiB  "
-            f"{row.latency_ms_per_image:.3f} ms/img")  # fmt: skip
+        log(
+            f"{row.variant:<14} {row.backend:<18} acc {acc:.4f}  size {row.size_mb:.3f} MiB  "
+            f"{row.latency_ms_per_image:.3f} ms/img"
+        )
     if not rows:
         raise VitquantError("the quantize.json lists no saved artifacts to bench.")
     return finalize(rows, weights)

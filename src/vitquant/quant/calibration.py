@@ -46,10 +46,12 @@ class CalibrationCache:
     @classmethod
     def from_prepared(cls, prepared: torch.fx.GraphModule) -> CalibrationCache:
         """Snapshot the observers of a calibrated (not yet converted) graph."""
-        return cls({
-            name: (type(obs), {k: v.clone() for k, v in obs.state_dict().items()})
-            for name, obs in observer_nodes(prepared).items()
-        })  # fmt: skip
+        return cls(
+            {
+                name: (type(obs), {k: v.clone() for k, v in obs.state_dict().items()})
+                for name, obs in observer_nodes(prepared).items()
+            }
+        )
 
     def load_into(self, prepared: torch.fx.GraphModule) -> bool:
         """Give every observer of ``prepared`` its cached state; False (nothing loaded) when

@@ -97,10 +97,13 @@ def quantize_dynamic(
     if convs:
         notes.append(f"{len(convs)} Conv layers stay float: PyTorch has no dynamic int8 conv")
     return QuantizedModel(
-        module=qmodel, int8_layers=[n for n in names if n in int8],
-        float_layers=[n for n in names if n not in int8], ignored=list(scope.modules),
-        notes=notes, config=cfg,
-    )  # fmt: skip
+        module=qmodel,
+        int8_layers=[n for n in names if n in int8],
+        float_layers=[n for n in names if n not in int8],
+        ignored=list(scope.modules),
+        notes=notes,
+        config=cfg,
+    )
 
 
 @torch.no_grad()
@@ -129,8 +132,9 @@ def quantize_dynamic_pt2e(
         example = example.repeat(2, 1, 1, 1)
     with edge_friendly_attention(model, backend):
         graph = export_model(model, example)
-    quantizer = make_quantizer(backend=backend, per_channel=per_channel, is_dynamic=True,
-                               ignore=scope.modules)  # fmt: skip
+    quantizer = make_quantizer(
+        backend=backend, per_channel=per_channel, is_dynamic=True, ignore=scope.modules
+    )
     prepared = prepare_pt2e(graph, quantizer)
     prepared(example)
     converted = convert_pt2e(prepared)
@@ -139,6 +143,11 @@ def quantize_dynamic_pt2e(
     int8, floats = split_int8(model, converted)
     config = {"quantizer": backend, "is_dynamic": True, "per_channel": per_channel}
     return QuantizedModel(
-        module=converted, int8_layers=int8, float_layers=floats, ignored=list(scope.modules),
-        notes=list(scope.notes), config=config, example=example,
-    )  # fmt: skip
+        module=converted,
+        int8_layers=int8,
+        float_layers=floats,
+        ignored=list(scope.modules),
+        notes=list(scope.notes),
+        config=config,
+        example=example,
+    )

@@ -37,10 +37,24 @@ DEFAULT_MAX_BATCH = 256
 # Edge ops that only move or view memory; listed apart from the compute ops left to portable
 # kernels (they cost a copy at most).
 LAYOUT_OPS = {
-    "view_copy", "slice_copy", "squeeze_copy", "unsqueeze_copy", "expand_copy", "select_copy",
-    "permute_copy", "clone", "_to_copy", "cat", "split_with_sizes_copy", "transpose_copy",
-    "alias_copy", "t_copy", "unbind_copy", "_clone_dim_order", "_to_dim_order_copy",
-}  # fmt: skip
+    "view_copy",
+    "slice_copy",
+    "squeeze_copy",
+    "unsqueeze_copy",
+    "expand_copy",
+    "select_copy",
+    "permute_copy",
+    "clone",
+    "_to_copy",
+    "cat",
+    "split_with_sizes_copy",
+    "transpose_copy",
+    "alias_copy",
+    "t_copy",
+    "unbind_copy",
+    "_clone_dim_order",
+    "_to_dim_order_copy",
+}
 
 
 @dataclass

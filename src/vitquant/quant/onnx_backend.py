@@ -89,9 +89,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> On
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (example,), None, dynamo=True, optimize=False, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, verbose=False,
-        )  # fmt: skip
+            model,
+            (example,),
+            None,
+            dynamo=True,
+            optimize=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic,
+            verbose=False,
+        )
     # Fold constants (e.g. the zero bias built from Shape/CastLike for a bias-free Conv, which
     # would stop ORT from fusing the BatchNorm); folding keeps the names of the nodes it keeps.
     from onnxscript.optimizer import fold_constants
@@ -210,14 +217,18 @@ def quantize_onnx_static(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_static(
-            str(fp32.path), str(path),
+            str(fp32.path),
+            str(path),
             Reader(bundle, spec, limit=calib, batch_size=calib_batch),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
             activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_quantize=_nodes(fp32.module_nodes, keep),
-            nodes_to_exclude=excluded, calibrate_method=getattr(CalibrationMethod, method),
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=_nodes(fp32.module_nodes, keep),
+            nodes_to_exclude=excluded,
+            calibrate_method=getattr(CalibrationMethod, method),
             extra_options=extra,
-        )  # fmt: skip
+        )
     return _checked(fp32, path, "static", ignore, excluded)
 
 
@@ -247,9 +258,12 @@ def quantize_onnx_dynamic(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(
-            str(fp32.path), str(path), weight_type=QuantType.QInt8,
-            nodes_to_quantize=_nodes(fp32.module_nodes, keep), nodes_to_exclude=excluded,
-        )  # fmt: skip
+            str(fp32.path),
+            str(path),
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=_nodes(fp32.module_nodes, keep),
+            nodes_to_exclude=excluded,
+        )
     return _checked(fp32, path, "dynamic", ignore, excluded)
 
 
@@ -279,14 +293,26 @@ def inspect_layers(path: str | Path, module_nodes: dict[str, list[str]]) -> dict
         found = [n for n in graph.node if any(_derived(n.name, o) for o in originals)]
         integer = [n.op_type for n in found if _is_integer_op(n.op_type)]
         weight_ops = [n for n in found if n.op_type in WEIGHT_OP_TYPES]
-        dq = sum(1 for n in weight_ops for i in n.input
-                 if i in producer and producer[i].op_type == "DequantizeLinear")  # fmt: skip
-        q = sum(1 for n in weight_ops for o in n.output for c in consumers.get(o, [])
-                if c.op_type == "QuantizeLinear")  # fmt: skip
+        dq = sum(
+            1
+            for n in weight_ops
+            for i in n.input
+            if i in producer and producer[i].op_type == "DequantizeLinear"
+        )
+        q = sum(
+            1
+            for n in weight_ops
+            for o in n.output
+            for c in consumers.get(o, [])
+            if c.op_type == "QuantizeLinear"
+        )
         report[module] = {
-            "nodes": [n.name for n in found], "integer_ops": integer, "dq_inputs": dq,
-            "q_outputs": q, "int8": bool(integer) or dq > 0,
-        }  # fmt: skip
+            "nodes": [n.name for n in found],
+            "integer_ops": integer,
+            "dq_inputs": dq,
+            "q_outputs": q,
+            "int8": bool(integer) or dq > 0,
+        }
     return report
 
 
@@ -300,9 +326,13 @@ def _derived(name: str, original: str) -> bool:
 
 def _is_integer_op(op_type: str) -> bool:
     return op_type.startswith("QLinear") or op_type in (
-        "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
-        "QGemm", "DynamicQuantizeLSTM",
-    )  # fmt: skip
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QGemm",
+        "DynamicQuantizeLSTM",
+    )
 
 
 def _checked(fp32: OnnxFloat, path: Path, mode: str, ignore: list[str], excluded: list[str]):
@@ -319,9 +349,13 @@ def _checked(fp32: OnnxFloat, path: Path, mode: str, ignore: list[str], excluded
     names = list(fp32.module_nodes)
     int8 = [m for m in names if report[m]["int8"]]
     return OnnxQuantized(
-        path=path, mode=mode, int8_layers=int8, float_layers=[m for m in names if m not in int8],
-        ignored=list(ignore), excluded_nodes=excluded,
-    )  # fmt: skip
+        path=path,
+        mode=mode,
+        int8_layers=int8,
+        float_layers=[m for m in names if m not in int8],
+        ignored=list(ignore),
+        excluded_nodes=excluded,
+    )
 
 
 class OrtModel:

@@ -83,8 +83,9 @@ def _observer(name: str, percentile: float = 99.99) -> tuple[type, dict]:
         from vitquant.quant.observers import PercentileObserver
 
         return PercentileObserver, {"percentile": percentile}
-    raise VitquantError(f"unknown observer {name!r}; choose minmax, moving_average, histogram "
-                        "or percentile.")  # fmt: skip
+    raise VitquantError(
+        f"unknown observer {name!r}; choose minmax, moving_average, histogram or percentile."
+    )
 
 
 def quantization_config(
@@ -114,11 +115,13 @@ def quantization_config(
 
     eps = 2**-12
     if symmetric_activations:
-        act_kw = dict(dtype=torch.int8, quant_min=-128, quant_max=127,
-                      qscheme=torch.per_tensor_symmetric)  # fmt: skip
+        act_kw = dict(
+            dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric
+        )
     else:
-        act_kw = dict(dtype=torch.uint8, quant_min=0, quant_max=255,
-                      qscheme=torch.per_tensor_affine)  # fmt: skip
+        act_kw = dict(
+            dtype=torch.uint8, quant_min=0, quant_max=255, qscheme=torch.per_tensor_affine
+        )
     if is_dynamic:
         act_ctr = PlaceholderObserver.with_args(eps=eps)
     elif is_qat:
@@ -140,8 +143,14 @@ def quantization_config(
         w_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, eps=eps)
     else:
         w_ctr = w_obs.with_args(eps=eps)
-    weight = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, is_dynamic=False,
-                              observer_or_fake_quant_ctr=w_ctr, **w_kw)  # fmt: skip
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=w_ctr,
+        **w_kw,
+    )
     return QuantizationConfig(act, act, weight, None, is_qat)
 
 
@@ -190,9 +199,10 @@ def xnnpack_config(
         act = dataclasses.replace(config.input_activation, **changes)
         out = config.output_activation
         config = dataclasses.replace(
-            config, input_activation=act,
+            config,
+            input_activation=act,
             output_activation=dataclasses.replace(out, **changes) if out is not None else None,
-        )  # fmt: skip
+        )
     return config
 
 
@@ -248,10 +258,14 @@ def make_quantizer(
     if backend == "xnnpack":
         _require_executorch()
     return factory(
-        list(ignore), per_channel=per_channel, symmetric_activations=symmetric_activations,
-        observer=observer or DEFAULT_OBSERVER[backend], percentile=percentile, is_qat=is_qat,
+        list(ignore),
+        per_channel=per_channel,
+        symmetric_activations=symmetric_activations,
+        observer=observer or DEFAULT_OBSERVER[backend],
+        percentile=percentile,
+        is_qat=is_qat,
         is_dynamic=is_dynamic,
-    )  # fmt: skip
+    )
 
 
 @contextlib.contextmanager
@@ -414,8 +428,9 @@ def quantize_static(
     scope = _scope(model, ignore)
 
     # One pass over calib: the first batch is also the export example (none with a cache hit).
-    batches = bundle.batches("calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib,
-                             progress=progress)  # fmt: skip
+    batches = bundle.batches(
+        "calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib, progress=progress
+    )
     first = next(batches, None)
     if first is None:
         raise VitquantError("no calibration images: pass --calib N with N > 0.")
@@ -426,13 +441,18 @@ def quantize_static(
     with edge_friendly_attention(model, cfg.backend) as n_unfused:
         graph = export_model(model, example)
     if n_unfused:
-        notes.append(f"{n_unfused} attention block(s) exported with the explicit softmax path "
-                     "(fused SDPA's masking ops do not lower to XNNPACK)")  # fmt: skip
+        notes.append(
+            f"{n_unfused} attention block(s) exported with the explicit softmax path "
+            "(fused SDPA's masking ops do not lower to XNNPACK)"
+        )
     quantizer = make_quantizer(
-        backend=cfg.backend, per_channel=cfg.per_channel,
-        symmetric_activations=cfg.symmetric_activations, observer=cfg.observer,
-        percentile=cfg.percentile, ignore=scope.modules,
-    )  # fmt: skip
+        backend=cfg.backend,
+        per_channel=cfg.per_channel,
+        symmetric_activations=cfg.symmetric_activations,
+        observer=cfg.observer,
+        percentile=cfg.percentile,
+        ignore=scope.modules,
+    )
     prepared = prepare_pt2e(graph, quantizer)
     if calibration is None or not calibration.load_into(prepared):
         with torch.no_grad():
@@ -445,6 +465,12 @@ def quantize_static(
     drop_unused_attributes(converted)
     int8, floats = split_int8(model, converted)
     return QuantizedModel(
-        module=converted, int8_layers=int8, float_layers=floats, ignored=list(scope.modules),
-        notes=notes, config=cfg, example=example, calibration=cache,
-    )  # fmt: skip
+        module=converted,
+        int8_layers=int8,
+        float_layers=floats,
+        ignored=list(scope.modules),
+        notes=notes,
+        config=cfg,
+        example=example,
+        calibration=cache,
+    )

@@ -111,13 +111,17 @@ class QATConfig:
             (self.lr > 0, f"--lr must be > 0 (got {self.lr})."),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})."),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})."),
-            (self.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, "
-                                                 f"not {self.optimizer!r}."),
+            (
+                self.optimizer in ("sgd", "adamw"),
+                f"--optimizer must be sgd or adamw, not {self.optimizer!r}.",
+            ),
             (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})."),
-            (self.train_limit is None or self.train_limit >= 1,
-             f"--train-limit must be >= 1 (got {self.train_limit})."),
+            (
+                self.train_limit is None or self.train_limit >= 1,
+                f"--train-limit must be >= 1 (got {self.train_limit}).",
+            ),
             (self.calib is None or self.calib >= 1, f"--calib must be >= 1 (got {self.calib})."),
-        ]  # fmt: skip
+        ]
         for name in ("freeze_observers_after", "freeze_bn_after"):
             value = getattr(self, name)
             flag = "--" + name.replace("_", "-")
@@ -133,12 +137,18 @@ class QATConfig:
     def train_config(self) -> TrainConfig:
         """The ``TrainConfig`` whose optimizer and schedule QAT shares with ``vitquant train``."""
         return TrainConfig(
-            epochs=self.epochs, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, optimizer=self.optimizer,
-            batch_size=self.batch_size, label_smoothing=self.label_smoothing,
-            augment=self.augment, warmup_epochs=self.warmup_epochs, seed=self.seed,
+            epochs=self.epochs,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            optimizer=self.optimizer,
+            batch_size=self.batch_size,
+            label_smoothing=self.label_smoothing,
+            augment=self.augment,
+            warmup_epochs=self.warmup_epochs,
+            seed=self.seed,
             train_limit=self.train_limit,
-        )  # fmt: skip
+        )
 
 
 @dataclass
@@ -199,9 +209,12 @@ def _broadcast_object(obj, ctx: DistContext):
 def make_qat_quantizer(cfg: QATConfig, ignore: Sequence[str] = ()):
     """The pt2e quantizer of ``cfg.backend`` in QAT mode, with ``ignore`` modules left in float."""
     return make_quantizer(
-        backend=cfg.backend, per_channel=cfg.per_channel,
-        symmetric_activations=cfg.symmetric_activations, is_qat=True, ignore=list(ignore),
-    )  # fmt: skip
+        backend=cfg.backend,
+        per_channel=cfg.per_channel,
+        symmetric_activations=cfg.symmetric_activations,
+        is_qat=True,
+        ignore=list(ignore),
+    )
 
 
 def prepare_qat(
@@ -242,8 +255,13 @@ def _pattern_key(pattern, example_inputs, is_cuda, kwargs):
 
     try:
         cells = tuple(c.cell_contents for c in fn.__closure__ or ())
-        key = (code, cells, tuple(map(shape, example_inputs)), bool(is_cuda),
-               tuple(sorted((k, shape(v)) for k, v in kwargs.items())))  # fmt: skip
+        key = (
+            code,
+            cells,
+            tuple(map(shape, example_inputs)),
+            bool(is_cuda),
+            tuple(sorted((k, shape(v)) for k, v in kwargs.items())),
+        )
         hash(key)
     except (TypeError, ValueError):
         return None
@@ -408,8 +426,9 @@ def _fit_batches(bundle: DataBundle, spec, cfg: QATConfig, epoch: int, ctx: Dist
     """
     n_fit = len(bundle.fit_idx)
     n = n_fit if cfg.train_limit is None else min(cfg.train_limit, n_fit)
-    order = torch.randperm(n_fit, generator=torch.Generator().manual_seed(
-        cfg.seed * 100_003 + epoch))[:n]  # fmt: skip
+    order = torch.randperm(
+        n_fit, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    )[:n]
     per_rank = n // ctx.world
     mine = order[ctx.rank :: ctx.world][:per_rank]
     batch = max(1, cfg.batch_size // ctx.world)
@@ -496,9 +515,11 @@ def run_qat(
     sched = make_scheduler(opt, tcfg, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     result = QATResult(world_size=ctx.world)
-    say(f"QAT: {len(fake_quant_modules(prepared))} fake-quant modules, {n_bn} BatchNorm nodes, "
+    say(
+        f"QAT: {len(fake_quant_modules(prepared))} fake-quant modules, {n_bn} BatchNorm nodes, "
         f"observers initialised on {n_calib} images; {steps} steps/epoch on {ctx.world} "
-        "process(es)")  # fmt: skip
+        "process(es)"
+    )
 
     best_state = None
     observers_frozen = bn_frozen = False
@@ -516,16 +537,24 @@ def run_qat(
                 bn_frozen = True
                 if n_bn:
                     say(f"epoch {epoch}: BatchNorm statistics frozen")
-            loss = _train_epoch(net, prepared, bundle, spec, cfg, epoch, ctx,
-                                opt, sched, loss_fn, steps)  # fmt: skip
+            loss = _train_epoch(
+                net, prepared, bundle, spec, cfg, epoch, ctx, opt, sched, loss_fn, steps
+            )
             _broadcast_buffers(prepared, ctx)
-        record = {"epoch": epoch, "loss": loss, "observers_frozen": observers_frozen,
-                  "bn_frozen": bn_frozen}  # fmt: skip
+        record = {
+            "epoch": epoch,
+            "loss": loss,
+            "observers_frozen": observers_frozen,
+            "bn_frozen": bn_frozen,
+        }
         if ctx.is_main:
             record["float_val_acc"] = accuracy(
-                eval_copy(prepared, fake_quant=False), bundle, "val", spec,
+                eval_copy(prepared, fake_quant=False),
+                bundle,
+                "val",
+                spec,
                 batch_size=cfg.eval_batch,
-            )  # fmt: skip
+            )
             record["int8_val_acc"] = accuracy(
                 convert_copy(prepared), bundle, "val", spec, batch_size=cfg.eval_batch
             )
@@ -533,9 +562,11 @@ def run_qat(
         record["seconds"] = time.perf_counter() - t0
         result.history.append(record)
         loss_txt = "-" if loss is None else f"{loss:.4f}"
-        say(f"epoch {epoch}/{cfg.epochs}: loss {loss_txt}, val float "
+        say(
+            f"epoch {epoch}/{cfg.epochs}: loss {loss_txt}, val float "
             f"{record['float_val_acc']:.4f}, int8 {record['int8_val_acc']:.4f} "
-            f"({record['seconds']:.1f} s)")  # fmt: skip
+            f"({record['seconds']:.1f} s)"
+        )
         if record["int8_val_acc"] > result.best_val:
             result.best_val, result.best_epoch = record["int8_val_acc"], epoch
             best_state = {k: v.detach().cpu().clone() for k, v in prepared.state_dict().items()}
@@ -553,8 +584,7 @@ def run_qat(
     return result
 
 
-def _train_epoch(net, prepared, bundle, spec, cfg, epoch, ctx, opt, sched, loss_fn,
-                 steps) -> float:  # fmt: skip
+def _train_epoch(net, prepared, bundle, spec, cfg, epoch, ctx, opt, sched, loss_fn, steps) -> float:
     """One epoch of this rank's shard; returns the mean loss over all ranks."""
     total = torch.zeros(2, dtype=torch.float64)
     batches = _fit_batches(bundle, spec, cfg, epoch, ctx)
@@ -594,9 +624,15 @@ def export_qdq_onnx(converted: nn.Module, example: torch.Tensor, path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            converted, (example,), None, dynamo=True, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, verbose=False,
-        )  # fmt: skip
+            converted,
+            (example,),
+            None,
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic,
+            verbose=False,
+        )
     return atomic_write(Path(path), lambda p: program.save(str(p), external_data=False))
 
 
@@ -668,20 +704,32 @@ def deploy_and_report(
     n_test = len(bundle.test_idx)
     fp32_acc = accuracy(model, bundle, "test", spec, progress="test fp32")
     fp32 = ResultRow(
-        "fp32", "pytorch", fp32_acc, n_test, int8_layers=0,
-        float_layers=count_layers(model), size_mb=state_dict_size_mb(model),
-    )  # fmt: skip
+        "fp32",
+        "pytorch",
+        fp32_acc,
+        n_test,
+        int8_layers=0,
+        float_layers=count_layers(model),
+        size_mb=state_dict_size_mb(model),
+    )
     timed(fp32, measure_latency(model.eval(), lat_x) if options.latency else None)
 
     pt2 = save_pt2e(converted, example, directory / f"{options.stem}.pt2")
     int8_layers, float_layers = split_int8(model, converted)
     q_acc = accuracy(converted, bundle, "test", spec, progress="test int8")
     qrow = ResultRow(
-        "qat", f"pt2e-{options.backend}", q_acc, n_test, int8_layers=len(int8_layers),
-        float_layers=len(float_layers), size_mb=file_size_mb(pt2), ignored=list(ignored),
-        artifact=str(pt2), simulated=True,
+        "qat",
+        f"pt2e-{options.backend}",
+        q_acc,
+        n_test,
+        int8_layers=len(int8_layers),
+        float_layers=len(float_layers),
+        size_mb=file_size_mb(pt2),
+        ignored=list(ignored),
+        artifact=str(pt2),
+        simulated=True,
         extra={"best_epoch": result.best_epoch, "best_val_acc": result.best_val},
-    )  # fmt: skip
+    )
     if options.latency and inductor_lowers(options.backend):
         lat, simulated, error, agree = lowered_latency(converted, lat_x)
         timed(qrow, lat)
@@ -704,14 +752,24 @@ def deploy_and_report(
         logits, labels = predict_fn(runner, bundle, spec)
         ref_logits, _ = predict_fn(converted, bundle, spec)
         erow = ResultRow(
-            "qat", BACKEND, (logits.argmax(1) == labels).float().mean().item(), n_test,
-            int8_layers=len(int8_layers), float_layers=len(float_layers),
-            size_mb=file_size_mb(exported.path), ignored=list(ignored),
+            "qat",
+            BACKEND,
+            (logits.argmax(1) == labels).float().mean().item(),
+            n_test,
+            int8_layers=len(int8_layers),
+            float_layers=len(float_layers),
+            size_mb=file_size_mb(exported.path),
+            ignored=list(ignored),
             artifact=str(exported.path),
-            extra={"lowering": exported.to_dict(), "runtime_threads": runner.threads,
-                   "pred_agreement_vs_pt2e": (logits.argmax(1) == ref_logits.argmax(1))
-                   .float().mean().item()},
-        )  # fmt: skip
+            extra={
+                "lowering": exported.to_dict(),
+                "runtime_threads": runner.threads,
+                "pred_agreement_vs_pt2e": (logits.argmax(1) == ref_logits.argmax(1))
+                .float()
+                .mean()
+                .item(),
+            },
+        )
         erow.extra["vs_pytorch_pts"] = round((erow.accuracy - q_acc) * 100, 4)
         timed(erow, measure_latency(runner, lat_x) if options.latency else None)
         rows.append(erow)
@@ -731,22 +789,34 @@ def deploy_and_report(
             agree = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
             ort_acc = (logits.argmax(1) == labels).float().mean().item()
             orow = ResultRow(
-                "qat", "onnxruntime", ort_acc, n_test, int8_layers=len(int8_layers),
-                float_layers=len(float_layers), size_mb=file_size_mb(onnx_path),
-                ignored=list(ignored), artifact=str(onnx_path),
+                "qat",
+                "onnxruntime",
+                ort_acc,
+                n_test,
+                int8_layers=len(int8_layers),
+                float_layers=len(float_layers),
+                size_mb=file_size_mb(onnx_path),
+                ignored=list(ignored),
+                artifact=str(onnx_path),
                 extra={"pred_agreement_vs_pt2e": agree},
-            )  # fmt: skip
+            )
             timed(orow, measure_latency(ort_model, lat_x) if options.latency else None)
             rows.append(orow)
     finalize(rows)
     for row in rows:
-        log(f"{row.variant:5s} {row.backend:18s} test acc {row.accuracy:.4f} "
-            f"(drop {row.drop_pts:+.2f} pts), {row.size_mb:.2f} MiB")  # fmt: skip
+        log(
+            f"{row.variant:5s} {row.backend:18s} test acc {row.accuracy:.4f} "
+            f"(drop {row.drop_pts:+.2f} pts), {row.size_mb:.2f} MiB"
+        )
     return {
-        "results": [r.to_dict() for r in rows], "artifacts": artifacts, "test_acc": q_acc,
-        "fp32_test_acc": fp32_acc, "int8_layers": int8_layers, "float_layers": float_layers,
+        "results": [r.to_dict() for r in rows],
+        "artifacts": artifacts,
+        "test_acc": q_acc,
+        "fp32_test_acc": fp32_acc,
+        "int8_layers": int8_layers,
+        "float_layers": float_layers,
         "notes": notes,
-    }  # fmt: skip
+    }
 
 
 def predict_fn(fn, bundle: DataBundle, spec) -> tuple[torch.Tensor, torch.Tensor]:

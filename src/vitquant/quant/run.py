@@ -158,7 +158,7 @@ class VariantsResult:
                 "modules": self.scope.modules,
                 "notes": self.scope.notes,
                 "matches": self.scope.matches,
-            },  # fmt: skip
+            },
             "auto": self.auto.to_dict() if self.auto else None,
             "top_k_sweep": self.sweep,
             "onnx_nodes": self.onnx_nodes,
@@ -221,18 +221,30 @@ def run_variants(
         row.extra["latency_ms_per_image_by_batch"] = {str(b): v for b, v in lat.items()}
         preds[(row.variant, row.backend)] = pred
         rows.append(row)
-        log(f"{row.variant:<14} {row.backend:<18} acc {row.accuracy:.4f}  size "
+        log(
+            f"{row.variant:<14} {row.backend:<18} acc {row.accuracy:.4f}  size "
             f"{row.size_mb:.3f} MiB  {row.latency_ms_per_image:.3f} ms/img"
-            f"{' (simulated)' if row.simulated else ''}")  # fmt: skip
+            f"{' (simulated)' if row.simulated else ''}"
+        )
 
     n_test = len(bundle.test_idx)
 
     # fp32 -------------------------------------------------------------------------------------
     acc, pred = evaluate(model, "fp32")
     path = save_state_dict(model, artifacts / "fp32.pt")
-    add(ResultRow(variant="fp32", backend="pytorch", accuracy=acc, n=n_test,
-                  float_layers=n_layers, size_mb=file_size_mb(path), artifact=str(path)),
-        pred, measure_latency(model, examples))  # fmt: skip
+    add(
+        ResultRow(
+            variant="fp32",
+            backend="pytorch",
+            accuracy=acc,
+            n=n_test,
+            float_layers=n_layers,
+            size_mb=file_size_mb(path),
+            artifact=str(path),
+        ),
+        pred,
+        measure_latency(model, examples),
+    )
     fp32_onnx = None
     if job.onnx:
         from vitquant.quant.onnx_backend import OrtModel, export_onnx
@@ -241,13 +253,23 @@ def run_variants(
         fp32_onnx = export_onnx(model, calib_x, artifacts / "fp32.onnx")
         ort = OrtModel(fp32_onnx.path, threads=threads)
         acc, pred = evaluate(ort, "fp32 onnx")
-        add(ResultRow(variant="fp32", backend="onnxruntime", accuracy=acc, n=n_test,
-                      float_layers=n_layers, size_mb=file_size_mb(fp32_onnx.path),
-                      artifact=str(fp32_onnx.path)),
-            pred, measure_latency(ort, examples))  # fmt: skip
+        add(
+            ResultRow(
+                variant="fp32",
+                backend="onnxruntime",
+                accuracy=acc,
+                n=n_test,
+                float_layers=n_layers,
+                size_mb=file_size_mb(fp32_onnx.path),
+                artifact=str(fp32_onnx.path),
+            ),
+            pred,
+            measure_latency(ort, examples),
+        )
 
-    ctx = _Context(job, bundle, spec, artifacts, add, evaluate, n_test, examples, notes,
-                   fp32_onnx, threads)  # fmt: skip
+    ctx = _Context(
+        job, bundle, spec, artifacts, add, evaluate, n_test, examples, notes, fp32_onnx, threads
+    )
 
     # dynamic ----------------------------------------------------------------------------------
     if "dynamic" in job_variants and job.static.backend != "x86":
@@ -257,16 +279,27 @@ def run_variants(
         notes.extend(f"dynamic: {n}" for n in dq.notes)
         acc, pred = evaluate(dq.module, "dynamic")
         path = save_state_dict(dq.module, artifacts / "dynamic.pt")
-        add(ResultRow(variant="dynamic", backend="pytorch", accuracy=acc, n=n_test,
-                      int8_layers=len(dq.int8_layers), float_layers=len(dq.float_layers),
-                      size_mb=file_size_mb(path), artifact=str(path),
-                      extra={"config": job.dynamic.to_dict(), "int8": dq.int8_layers}),
-            pred, measure_latency(dq.module, examples))  # fmt: skip
+        add(
+            ResultRow(
+                variant="dynamic",
+                backend="pytorch",
+                accuracy=acc,
+                n=n_test,
+                int8_layers=len(dq.int8_layers),
+                float_layers=len(dq.float_layers),
+                size_mb=file_size_mb(path),
+                artifact=str(path),
+                extra={"config": job.dynamic.to_dict(), "int8": dq.int8_layers},
+            ),
+            pred,
+            measure_latency(dq.module, examples),
+        )
         if fp32_onnx is not None:
             from vitquant.quant.onnx_backend import quantize_onnx_dynamic
 
-            oq = quantize_onnx_dynamic(fp32_onnx, artifacts / "dynamic.onnx",
-                                       modules=dq.int8_layers)  # fmt: skip
+            oq = quantize_onnx_dynamic(
+                fp32_onnx, artifacts / "dynamic.onnx", modules=dq.int8_layers
+            )
             _ort_row(add, evaluate, oq, "dynamic", n_test, threads, examples)
 
     # static variants --------------------------------------------------------------------------
@@ -277,17 +310,26 @@ def run_variants(
     if "static-ignore" in job_variants:
         plan.append(("static-ignore", list(scope.modules)))
     if "static-auto" in job_variants:
-        log(f"static-auto: choosing layers to keep in float on val (max drop "
-            f"{job.auto_max_drop} pts)")  # fmt: skip
+        log(
+            f"static-auto: choosing layers to keep in float on val (max drop "
+            f"{job.auto_max_drop} pts)"
+        )
         auto = select_ignore(
-            model, bundle, spec, job.static, max_drop=job.auto_max_drop,
+            model,
+            bundle,
+            spec,
+            job.static,
+            max_drop=job.auto_max_drop,
             ranking=list(job.auto_ranking) if job.auto_ranking is not None else None,
-            val_limit=job.auto_val_limit, log=log,
-        )  # fmt: skip
+            val_limit=job.auto_val_limit,
+            log=log,
+        )
         if not auto.met:
-            notes.append(f"static-auto: the whole ranking ({len(auto.ranking)} layers) in "
-                         f"float still drops {auto.drop_pts:.2f} pts on val > "
-                         f"{auto.max_drop}")  # fmt: skip
+            notes.append(
+                f"static-auto: the whole ranking ({len(auto.ranking)} layers) in "
+                f"float still drops {auto.drop_pts:.2f} pts on val > "
+                f"{auto.max_drop}"
+            )
         plan.append(("static-auto", list(auto.ignored)))
     for variant, ignored in plan:
         if variant == "static-auto" and auto is not None and auto.model is not None:
@@ -301,16 +343,29 @@ def run_variants(
     if job.top_k:
         ranking = outlier_ranking(model, bundle, spec)
         log(f"top-k sweep over {list(job.top_k)}; outlier ranking: {', '.join(ranking[:10])}")
-        sweep = sweep_top_k(model, bundle, spec, job.static, ranking=ranking, ks=job.top_k,
-                            roles=("val", "test"), log=log)  # fmt: skip
+        sweep = sweep_top_k(
+            model,
+            bundle,
+            spec,
+            job.static,
+            ranking=ranking,
+            ks=job.top_k,
+            roles=("val", "test"),
+            log=log,
+        )
 
     finalize(rows, job.weights)
     _agreement(rows, preds)
     return VariantsResult(
-        rows=rows, scope=scope, auto=auto, sweep=sweep,
-        onnx_nodes=fp32_onnx.module_nodes if fp32_onnx else {}, threads=threads, notes=notes,
+        rows=rows,
+        scope=scope,
+        auto=auto,
+        sweep=sweep,
+        onnx_nodes=fp32_onnx.module_nodes if fp32_onnx else {},
+        threads=threads,
+        notes=notes,
         seconds=time.perf_counter() - start,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -339,8 +394,12 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
     path = save_pt2e(qm.module, qm.example, artifacts / f"{variant}.pt2")
     extra = {"config": cfg.to_dict(), "int8": qm.int8_layers, "float": qm.float_layers}
     if auto is not None:
-        extra["auto"] = {"val_drop_pts": auto.drop_pts, "met_on_val": auto.met,
-                         "max_drop": auto.max_drop, "steps": len(auto.steps)}  # fmt: skip
+        extra["auto"] = {
+            "val_drop_pts": auto.drop_pts,
+            "met_on_val": auto.met,
+            "max_drop": auto.max_drop,
+            "steps": len(auto.steps),
+        }
     if job.lower and inductor_lowers(cfg.backend):
         lat, simulated, error, agree = lowered_latency(qm.module, examples)
         extra["timed"] = "eager (lowering failed)" if simulated else "inductor-lowered int8"
@@ -355,11 +414,23 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
         if job.lower:
             extra["timed"] += " (inductor's int8 patterns are the x86 quantizer's)"
     extra["accuracy_from"] = "eager graph (int8 values emulated in fp32)"
-    add(ResultRow(variant=variant, backend=f"pt2e-{cfg.backend}", accuracy=acc, n=n_test,
-                  int8_layers=len(qm.int8_layers), float_layers=len(qm.float_layers),
-                  size_mb=file_size_mb(path), simulated=simulated, ignored=list(qm.ignored),
-                  artifact=str(path), extra=extra),
-        pred, lat)  # fmt: skip
+    add(
+        ResultRow(
+            variant=variant,
+            backend=f"pt2e-{cfg.backend}",
+            accuracy=acc,
+            n=n_test,
+            int8_layers=len(qm.int8_layers),
+            float_layers=len(qm.float_layers),
+            size_mb=file_size_mb(path),
+            simulated=simulated,
+            ignored=list(qm.ignored),
+            artifact=str(path),
+            extra=extra,
+        ),
+        pred,
+        lat,
+    )
     if job.export == "pte":
         _pte_row(ctx, qm, variant)
     torch._dynamo.reset()  # free compiled graphs of this variant
@@ -367,11 +438,19 @@ def _static_rows(ctx: _Context, qm: QuantizedModel, variant: str, auto) -> None:
         from vitquant.quant.onnx_backend import quantize_onnx_static
 
         oq = quantize_onnx_static(
-            fp32_onnx, bundle, spec, artifacts / f"{variant}.onnx", ignore=qm.ignored,
-            modules=qm.int8_layers, per_channel=cfg.per_channel,
-            symmetric_activations=cfg.symmetric_activations, observer=cfg.observer,
-            percentile=cfg.percentile, calib=cfg.calib, calib_batch=cfg.calib_batch,
-        )  # fmt: skip
+            fp32_onnx,
+            bundle,
+            spec,
+            artifacts / f"{variant}.onnx",
+            ignore=qm.ignored,
+            modules=qm.int8_layers,
+            per_channel=cfg.per_channel,
+            symmetric_activations=cfg.symmetric_activations,
+            observer=cfg.observer,
+            percentile=cfg.percentile,
+            calib=cfg.calib,
+            calib_batch=cfg.calib_batch,
+        )
         _ort_row(add, evaluate, oq, variant, n_test, threads, examples)
 
 
@@ -379,24 +458,40 @@ def _dynamic_pt2e_rows(ctx: _Context, model: nn.Module) -> None:
     """The dynamic variant with the XNNPACK quantizer: pt2e graph, its ``.pte``, its ORT twin."""
     backend = ctx.job.static.backend
     example = next(ctx.bundle.batches("calib", ctx.spec, batch_size=8))[0]
-    qm = quantize_dynamic_pt2e(model, example, backend=backend,
-                               per_channel=ctx.job.static.per_channel)  # fmt: skip
+    qm = quantize_dynamic_pt2e(
+        model, example, backend=backend, per_channel=ctx.job.static.per_channel
+    )
     acc, pred = ctx.evaluate(qm.module, "dynamic")
     path = save_pt2e(qm.module, qm.example, ctx.artifacts / "dynamic.pt2")
-    ctx.add(ResultRow(variant="dynamic", backend=f"pt2e-{backend}", accuracy=acc, n=ctx.n_test,
-                      int8_layers=len(qm.int8_layers), float_layers=len(qm.float_layers),
-                      size_mb=file_size_mb(path), simulated=True, artifact=str(path),
-                      extra={"config": qm.config, "int8": qm.int8_layers,
-                             "float": qm.float_layers,
-                             "timed": "eager quantize/dequantize emulation"}),
-            pred, measure_latency(qm.module, ctx.examples))  # fmt: skip
+    ctx.add(
+        ResultRow(
+            variant="dynamic",
+            backend=f"pt2e-{backend}",
+            accuracy=acc,
+            n=ctx.n_test,
+            int8_layers=len(qm.int8_layers),
+            float_layers=len(qm.float_layers),
+            size_mb=file_size_mb(path),
+            simulated=True,
+            artifact=str(path),
+            extra={
+                "config": qm.config,
+                "int8": qm.int8_layers,
+                "float": qm.float_layers,
+                "timed": "eager quantize/dequantize emulation",
+            },
+        ),
+        pred,
+        measure_latency(qm.module, ctx.examples),
+    )
     if ctx.job.export == "pte":
         _pte_row(ctx, qm, "dynamic")
     if ctx.fp32_onnx is not None:
         from vitquant.quant.onnx_backend import quantize_onnx_dynamic
 
-        oq = quantize_onnx_dynamic(ctx.fp32_onnx, ctx.artifacts / "dynamic.onnx",
-                                   modules=qm.int8_layers)  # fmt: skip
+        oq = quantize_onnx_dynamic(
+            ctx.fp32_onnx, ctx.artifacts / "dynamic.onnx", modules=qm.int8_layers
+        )
         _ort_row(ctx.add, ctx.evaluate, oq, "dynamic", ctx.n_test, ctx.threads, ctx.examples)
 
 
@@ -408,13 +503,26 @@ def _pte_row(ctx: _Context, qm: QuantizedModel, variant: str) -> None:
     ctx.notes.append(f"{variant} .pte: {exported.note()}")
     runner = PteModel(exported.path, threads=ctx.threads)
     acc, pred = ctx.evaluate(runner, f"{variant} pte")
-    ctx.add(ResultRow(variant=variant, backend=BACKEND, accuracy=acc, n=ctx.n_test,
-                      int8_layers=len(qm.int8_layers), float_layers=len(qm.float_layers),
-                      size_mb=file_size_mb(exported.path), ignored=list(qm.ignored),
-                      artifact=str(exported.path),
-                      extra={"lowering": exported.to_dict(), "runtime_threads": runner.threads,
-                             "int8": qm.int8_layers}),
-            pred, measure_latency(runner, ctx.examples))  # fmt: skip
+    ctx.add(
+        ResultRow(
+            variant=variant,
+            backend=BACKEND,
+            accuracy=acc,
+            n=ctx.n_test,
+            int8_layers=len(qm.int8_layers),
+            float_layers=len(qm.float_layers),
+            size_mb=file_size_mb(exported.path),
+            ignored=list(qm.ignored),
+            artifact=str(exported.path),
+            extra={
+                "lowering": exported.to_dict(),
+                "runtime_threads": runner.threads,
+                "int8": qm.int8_layers,
+            },
+        ),
+        pred,
+        measure_latency(runner, ctx.examples),
+    )
 
 
 def _ort_row(add, evaluate, oq, variant: str, n_test: int, threads: int, examples) -> None:
@@ -422,13 +530,22 @@ def _ort_row(add, evaluate, oq, variant: str, n_test: int, threads: int, example
 
     ort = OrtModel(oq.path, threads=threads)
     acc, pred = evaluate(ort, f"{variant} onnx")
-    add(ResultRow(variant=variant, backend="onnxruntime", accuracy=acc, n=n_test,
-                  int8_layers=len(oq.int8_layers), float_layers=len(oq.float_layers),
-                  size_mb=file_size_mb(oq.path), ignored=list(oq.ignored),
-                  artifact=str(oq.path),
-                  extra={"mode": oq.mode, "int8": oq.int8_layers,
-                         "excluded_nodes": oq.excluded_nodes}),
-        pred, measure_latency(ort, examples))  # fmt: skip
+    add(
+        ResultRow(
+            variant=variant,
+            backend="onnxruntime",
+            accuracy=acc,
+            n=n_test,
+            int8_layers=len(oq.int8_layers),
+            float_layers=len(oq.float_layers),
+            size_mb=file_size_mb(oq.path),
+            ignored=list(oq.ignored),
+            artifact=str(oq.path),
+            extra={"mode": oq.mode, "int8": oq.int8_layers, "excluded_nodes": oq.excluded_nodes},
+        ),
+        pred,
+        measure_latency(ort, examples),
+    )
 
 
 RUNTIME_BACKENDS = ("onnxruntime", "executorch-xnnpack")  # rows with a PyTorch twin

@@ -85,8 +85,11 @@ class IgnoreScope:
                 patterns.append(item)
             else:
                 names.append(item)
-        return cls(tuple(dict.fromkeys(names)), tuple(dict.fromkeys(patterns)),
-                   tuple(dict.fromkeys(type_names)))  # fmt: skip
+        return cls(
+            tuple(dict.fromkeys(names)),
+            tuple(dict.fromkeys(patterns)),
+            tuple(dict.fromkeys(type_names)),
+        )
 
     def entries(self) -> list[str]:
         """The entries as the user wrote them (types with the ``type:`` prefix)."""
@@ -122,8 +125,10 @@ class IgnoreScope:
                 continue
             hit = covered(target)
             if not hit:
-                errors.append(f"{name!r} is a {type(modules[target]).__name__} with no "
-                              f"Linear/Conv layer in it; nothing to keep in float")  # fmt: skip
+                errors.append(
+                    f"{name!r} is a {type(modules[target]).__name__} with no "
+                    f"Linear/Conv layer in it; nothing to keep in float"
+                )
                 continue
             out.matches[name] = hit
 
@@ -133,8 +138,10 @@ class IgnoreScope:
             if not hit:
                 stem = pattern.translate({ord(c): None for c in GLOB_CHARS + "]"}).strip(".")
                 if matched:
-                    errors.append(f"pattern {pattern!r} matches only modules without "
-                                  f"Linear/Conv layers ({', '.join(matched[:5])})")  # fmt: skip
+                    errors.append(
+                        f"pattern {pattern!r} matches only modules without "
+                        f"Linear/Conv layers ({', '.join(matched[:5])})"
+                    )
                 else:
                     errors.append(_unknown(pattern, list(modules), probe=stem, layers=quantizable))
                 continue
@@ -154,8 +161,7 @@ class IgnoreScope:
                 close = [k for k in kinds if k.lower() in close]
                 hint = f" Did you mean: {', '.join(close)}?" if close else ""
                 what = "has no Linear/Conv layer" if names else "is not a module type of this model"
-                errors.append(f"type {type_name!r} {what}.{hint} Types present: "
-                              f"{', '.join(kinds)}")  # fmt: skip
+                errors.append(f"type {type_name!r} {what}.{hint} Types present: {', '.join(kinds)}")
                 continue
             out.matches[TYPE_PREFIX + type_name] = hit
 

@@ -171,9 +171,11 @@ def make_storage(cfg: SearchConfig):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                driver_url(cfg.storage), engine_kwargs=engine_kwargs,
-                heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period,
-            )  # fmt: skip
+                driver_url(cfg.storage),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=cfg.heartbeat_interval,
+                grace_period=cfg.grace_period,
+            )
     except Exception as exc:  # connection refused, unknown driver, bad URL, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VitquantError(
@@ -225,9 +227,13 @@ def open_study(cfg: SearchConfig, identity: dict):
         with lock.holding():
             storage = make_storage(cfg)
             study = optuna.create_study(
-                study_name=cfg.study, storage=storage, direction="maximize", pruner=pruner,
-                sampler=_sampler(cfg, 0), load_if_exists=True,
-            )  # fmt: skip
+                study_name=cfg.study,
+                storage=storage,
+                direction="maximize",
+                pruner=pruner,
+                sampler=_sampler(cfg, 0),
+                load_if_exists=True,
+            )
             saved = study.user_attrs.get("vitquant")
             if saved is None:
                 study.set_user_attr("vitquant", identity)
@@ -249,8 +255,9 @@ def _sampler(cfg: SearchConfig, trial_number: int):
     import optuna
 
     startup = max(2, min(10, cfg.trials // 3))
-    return optuna.samplers.TPESampler(seed=cfg.seed * 1_000_003 + trial_number,
-                                      n_startup_trials=startup)  # fmt: skip
+    return optuna.samplers.TPESampler(
+        seed=cfg.seed * 1_000_003 + trial_number, n_startup_trials=startup
+    )
 
 
 # --------------------------------------------------------------------------- liveness
@@ -466,8 +473,9 @@ def run_search(
 
 
 def _fmt(params: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in params.items())  # fmt: skip
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
 
 
 # --------------------------------------------------------------------------- summary
@@ -477,16 +485,20 @@ def summarize(study) -> dict:
     """Every trial (number, state, params, value, worker, per-epoch values) and the best one."""
     trials = []
     for t in study.get_trials(deepcopy=False):
-        trials.append({
-            "number": t.number, "state": t.state.name, "params": dict(t.params),
-            "value": t.value,
-            "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-            "worker": t.user_attrs.get("worker"),
-            "best_epoch": t.user_attrs.get("best_epoch"),
-            "seconds": t.user_attrs.get("seconds"),
-            "started": t.datetime_start.isoformat() if t.datetime_start else None,
-            "finished": t.datetime_complete.isoformat() if t.datetime_complete else None,
-        })  # fmt: skip
+        trials.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": dict(t.params),
+                "value": t.value,
+                "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                "worker": t.user_attrs.get("worker"),
+                "best_epoch": t.user_attrs.get("best_epoch"),
+                "seconds": t.user_attrs.get("seconds"),
+                "started": t.datetime_start.isoformat() if t.datetime_start else None,
+                "finished": t.datetime_complete.isoformat() if t.datetime_complete else None,
+            }
+        )
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     best = None
     if complete:

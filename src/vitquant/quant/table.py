@@ -32,15 +32,22 @@ def table_rows(rows: list[dict]) -> list[dict]:
         by_batch = (r.get("extra") or {}).get("latency_ms_per_image_by_batch", {})
         ignored = r.get("ignored") or []
         more = f" +{len(ignored) - 4}" if len(ignored) > 4 else ""
-        out.append({
-            "variant": r["variant"], "backend": r["backend"], "accuracy": r["accuracy"],
-            "drop_pts": r.get("drop_pts"),
-            "layers": f"{r.get('int8_layers', 0)}/{r.get('float_layers', 0)}",
-            "size_mb": r.get("size_mb"), "lat_1": by_batch.get("1"), "lat_32": by_batch.get("32"),
-            "speedup": r.get("speedup"), "score": r.get("score"),
-            "simulated": "yes" if r.get("simulated") else "no",
-            "ignored": ", ".join(ignored[:4]) + more,
-        })  # fmt: skip
+        out.append(
+            {
+                "variant": r["variant"],
+                "backend": r["backend"],
+                "accuracy": r["accuracy"],
+                "drop_pts": r.get("drop_pts"),
+                "layers": f"{r.get('int8_layers', 0)}/{r.get('float_layers', 0)}",
+                "size_mb": r.get("size_mb"),
+                "lat_1": by_batch.get("1"),
+                "lat_32": by_batch.get("32"),
+                "speedup": r.get("speedup"),
+                "score": r.get("score"),
+                "simulated": "yes" if r.get("simulated") else "no",
+                "ignored": ", ".join(ignored[:4]) + more,
+            }
+        )
     return out
 
 
@@ -82,8 +89,9 @@ def to_rich(rows: list[dict], *, title: str | None = None):
     headers, body = cells(rows)
     table = Table(title=title, show_lines=False)
     for h in headers:
-        table.add_column(h, justify="left" if h in ("variant", "backend") else "right",
-                         no_wrap=True)  # fmt: skip
+        table.add_column(
+            h, justify="left" if h in ("variant", "backend") else "right", no_wrap=True
+        )
     for row, raw in zip(body, rows, strict=True):
         row[-1] = str(len(raw.get("ignored") or [])) if raw.get("ignored") else "-"
         table.add_row(*row)

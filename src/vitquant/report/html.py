@@ -12,11 +12,18 @@ from vitquant.io import write_json, write_text
 from vitquant.report.collect import SECTIONS, RunContents, collect
 
 ROW_COLUMNS = (
-    ("variant", "variant"), ("backend", "backend"), ("accuracy", "accuracy"),
-    ("drop_pts", "drop (pts)"), ("int8_layers", "int8 layers"), ("float_layers", "float layers"),
-    ("size_mb", "size MiB"), ("latency_ms_per_image", "ms/img"), ("speedup", "speedup"),
-    ("score", "score"), ("simulated", "simulated"),
-)  # fmt: skip
+    ("variant", "variant"),
+    ("backend", "backend"),
+    ("accuracy", "accuracy"),
+    ("drop_pts", "drop (pts)"),
+    ("int8_layers", "int8 layers"),
+    ("float_layers", "float layers"),
+    ("size_mb", "size MiB"),
+    ("latency_ms_per_image", "ms/img"),
+    ("speedup", "speedup"),
+    ("score", "score"),
+    ("simulated", "simulated"),
+)
 
 
 def _fmt(value) -> str:
@@ -57,26 +64,39 @@ def render(contents: RunContents, *, title: str = "vitquant report") -> str:
         for rel, rows in contents.results.items()
         if rows
     ]
-    pipeline = next((doc for rel, doc in contents.documents.items()
-                     if Path(rel).name == "pipeline.json"), None)  # fmt: skip
-    analyze = next((doc for rel, doc in contents.documents.items()
-                    if Path(rel).name == "analyze.json"), None)  # fmt: skip
+    pipeline = next(
+        (doc for rel, doc in contents.documents.items() if Path(rel).name == "pipeline.json"), None
+    )
+    analyze = next(
+        (doc for rel, doc in contents.documents.items() if Path(rel).name == "analyze.json"), None
+    )
     template = env.get_template("report.html.j2")
     return template.render(
-        title=title, generated=dt.datetime.now().isoformat(timespec="seconds"),
-        root=str(contents.root), columns=ROW_COLUMNS, tables=tables, sections=sections,
-        pipeline=pipeline, analyze=analyze, commands=contents.commands,
+        title=title,
+        generated=dt.datetime.now().isoformat(timespec="seconds"),
+        root=str(contents.root),
+        columns=ROW_COLUMNS,
+        tables=tables,
+        sections=sections,
+        pipeline=pipeline,
+        analyze=analyze,
+        commands=contents.commands,
         n_plots=len(contents.plots),
-    )  # fmt: skip
+    )
 
 
 def _doc_section(rel: str) -> str:
     stem = Path(rel).stem
     return {
-        "pipeline": "pipeline", "analyze": "outliers", "sensitivity": "sensitivity",
-        "compare": "compare", "quantize": "quantize", "bench": "quantize", "qat": "qat",
+        "pipeline": "pipeline",
+        "analyze": "outliers",
+        "sensitivity": "sensitivity",
+        "compare": "compare",
+        "quantize": "quantize",
+        "bench": "quantize",
+        "qat": "qat",
         "search": "qat",
-    }.get(stem, "")  # fmt: skip
+    }.get(stem, "")
 
 
 def build_report(root: Path, *, out: Path | None = None) -> tuple[Path, dict]:
