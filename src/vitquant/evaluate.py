@@ -97,18 +97,17 @@ def threads() -> int:
 
 
 @torch.no_grad()
-def latency_ms_per_image(
+def latency_samples(
     fn: Callable[[torch.Tensor], object],
     example: torch.Tensor,
     *,
     warmup: int = 3,
     repeats: int = 10,
     min_seconds: float = 0.5,
-) -> float:
-    """Median wall time of ``fn(example)`` per image, after warm-up.
+) -> list[float]:
+    """Wall times in ms per image of ``fn(example)`` after warm-up.
 
-    Runs at least ``repeats`` times and at least ``min_seconds`` in all, then reports the median
-    (robust to the odd slow run on a shared machine) divided by the batch size.
+    Runs at least ``repeats`` times and at least ``min_seconds`` in all (at most 1000 runs).
     """
     for _ in range(warmup):
         fn(example)
@@ -117,10 +116,26 @@ def latency_ms_per_image(
     while len(times) < repeats or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
         fn(example)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) * 1000.0 / example.shape[0])
         if len(times) > 1000:
             break
-    return statistics.median(times) * 1000.0 / example.shape[0]
+    return times
+
+
+def median_and_spread(samples: list[float]) -> tuple[float, float]:
+    """``(median, interquartile range)`` of ``samples``."""
+    if len(samples) < 2:
+        return samples[0], 0.0
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return statistics.median(samples), q3 - q1
+
+
+def latency_ms_per_image(
+    fn: Callable[[torch.Tensor], object], example: torch.Tensor, **kw
+) -> float:
+    """Median wall time of ``fn(example)`` per image after warm-up (``kw``: ``latency_samples``'s
+    options); the median is robust to the odd slow run on a shared machine."""
+    return statistics.median(latency_samples(fn, example, **kw))
 
 
 def example_batch(bundle: DataBundle, spec, batch: int) -> torch.Tensor:

@@ -1,31 +1,47 @@
 """The one results row shared by eval, quantize, bench, qat, pipeline and every backend.
 
-See ``docs/results.md`` for the field meanings. ``score`` is the composite score: a weighted sum
-of accuracy (0-1), size reduction and speedup relative to the fp32 row (see ``composite_score``).
+Rows are built by one function only, ``vitquant.measure.Measurer.measure``; ``finalize`` then
+fills the fields that compare a row with the fp32 rows. See ``docs/results.md`` for the field
+meanings and ``vitquant/results.schema.json`` for the JSON Schema every command's rows validate
+against. ``score`` is the composite score: a weighted sum of accuracy (0-1), size reduction and
+speedup relative to the fp32 row (see ``composite_score``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# Runtimes a row can run on: its fp32 row of the same runtime is the reference of
+# ``speedup_vs_fp32_same_runtime``. ``pytorch`` covers eager, pt2e emulation and inductor.
+RUNTIMES = ("pytorch", "onnxruntime", "executorch")
+
 
 @dataclass
 class ResultRow:
     variant: str  # e.g. fp32, dynamic, static, static-ignore, static-auto, qat
-    backend: str  # e.g. pytorch, pt2e-x86, onnxruntime
-    accuracy: float  # 0-1 on the reported split
-    n: int  # images the accuracy was measured on
+    backend: str  # e.g. pytorch, pt2e-x86, onnxruntime, executorch-xnnpack
+    runtime: str = "pytorch"  # one of RUNTIMES: what executes the artifact
+    accuracy: float = 0.0  # 0-1 on ``split``
+    n: int = 0  # images the accuracy was measured on
+    split: str = "test"  # the data role ``accuracy`` is measured on
+    val_accuracy: float | None = None  # 0-1 on val, when the row was measured on val too
     drop_pts: float = 0.0  # (fp32 accuracy - accuracy) * 100
+    agreement_fp32: float | None = None  # top-1 agreement with the fp32 PyTorch row on split
+    agreement_pt2e: float | None = None  # top-1 agreement with the PyTorch model it came from
     int8_layers: int = 0  # quantizable modules (Linear/Conv) running in int8
     float_layers: int = 0  # quantizable modules kept in float
     size_mb: float = 0.0  # MiB of the artifact file on disk
-    latency_ms_per_image: float | None = None
+    latency_ms_per_image: float | None = None  # median at ``latency_batch``
+    latency_spread_ms: float | None = None  # interquartile range of the repeats, per image
+    latency_ms_per_image_by_batch: dict[str, float] = field(default_factory=dict)
     latency_batch: int | None = None
     latency_threads: int | None = None
+    cpu_capability: str | None = None  # torch.backends.cpu.get_cpu_capability() when timed
     simulated: bool = False  # int8 arithmetic emulated (quantize/dequantize in fp32)
     ignored: list[str] = field(default_factory=list)
     artifact: str | None = None
-    speedup: float | None = None
+    speedup_vs_fp32_eager: float | None = None  # fp32 PyTorch eager latency / this, same batch
+    speedup_vs_fp32_same_runtime: float | None = None  # fp32 of this runtime / this, same batch
     score: float | None = None
     extra: dict = field(default_factory=dict)
 
@@ -56,12 +72,37 @@ def composite_score(row: ResultRow, reference: ResultRow, weights: ScoreWeights)
     return score
 
 
+def _ratio(reference: ResultRow | None, row: ResultRow) -> float | None:
+    if reference is None or row.latency_batch is None:
+        return None
+    ref = reference.latency_ms_per_image_by_batch.get(str(row.latency_batch))
+    if ref is None and reference.latency_batch == row.latency_batch:
+        ref = reference.latency_ms_per_image
+    if not ref or not row.latency_ms_per_image:
+        return None
+    return ref / row.latency_ms_per_image
+
+
+def fp32_reference(rows: list[ResultRow], runtime: str = "pytorch") -> ResultRow | None:
+    """The first fp32 row of ``runtime`` (None when there is none)."""
+    return next((r for r in rows if r.variant == "fp32" and r.runtime == runtime), None)
+
+
 def finalize(rows: list[ResultRow], weights: ScoreWeights = ScoreWeights()) -> list[ResultRow]:
-    """Fill ``drop_pts``, ``speedup`` and ``score`` against the first fp32 row."""
-    ref = next((r for r in rows if r.variant == "fp32"), rows[0])
+    """Fill ``drop_pts``, both speedups and ``score`` against the fp32 rows.
+
+    ``drop_pts`` and ``score`` compare with the fp32 PyTorch row (else the first row);
+    ``speedup_vs_fp32_eager`` with the fp32 PyTorch row at the same batch and
+    ``speedup_vs_fp32_same_runtime`` with the fp32 row of the row's own runtime at the same
+    batch. A speedup is None where its reference was not measured.
+    """
+    if not rows:
+        return rows
+    ref = fp32_reference(rows) or rows[0]
+    eager = fp32_reference(rows)
     for r in rows:
         r.drop_pts = round((ref.accuracy - r.accuracy) * 100, 4)
-        if r.latency_ms_per_image and ref.latency_ms_per_image:
-            r.speedup = ref.latency_ms_per_image / r.latency_ms_per_image
+        r.speedup_vs_fp32_eager = _ratio(eager, r)
+        r.speedup_vs_fp32_same_runtime = _ratio(fp32_reference(rows, r.runtime), r)
         r.score = composite_score(r, ref, weights)
     return rows
