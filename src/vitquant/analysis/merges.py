@@ -1,4 +1,5 @@
-"""Merging summaries of disjoint streams: moments (Chan et al.) and uniform samples.
+"""Merging summaries of disjoint streams: moments (Chan et al.) and uniform samples (and the
+streaming reservoir that draws them).
 
 Used within one process (a batch's moments into the running ones) and across ``torchrun`` ranks
 (``stats_merge``). Pure functions of their inputs, so they are tested against NumPy directly.
@@ -7,6 +8,7 @@ Used within one process (a batch's moments into the running ones) and across ``t
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def chan_merge(
@@ -47,3 +49,30 @@ def merge_samples(
         values = np.concatenate([values[keep], np.asarray(sample, dtype=np.float32)[pick]])
         seen += m
     return seen, values
+
+
+class Reservoir:
+    """A uniform random sample (without replacement) of at most ``size`` streamed values."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size = size
+        self.rng = rng
+        self.seen = 0
+        self.values = np.empty(0, dtype=np.float32)
+
+    def add(self, x: torch.Tensor) -> None:
+        flat = x.reshape(-1)
+        m = flat.numel()
+        if m == 0 or self.size == 0:
+            return
+        n = self.seen
+        self.seen += m
+        if n + m <= self.size:
+            self.values = np.concatenate([self.values, flat.float().numpy()])
+            return
+        # How many of the `size` slots the new values win: hypergeometric over old vs new.
+        k = min(self.size, n + m)
+        new = int(self.rng.hypergeometric(m, n, k)) if n else k
+        keep = self.rng.choice(len(self.values), k - new, replace=False) if k - new else []
+        pick = torch.from_numpy(self.rng.choice(m, new, replace=False))
+        self.values = np.concatenate([self.values[keep], flat[pick].float().numpy()])

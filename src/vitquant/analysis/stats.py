@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vitquant.analysis.hooks import Point, observation_points, observe
-from vitquant.analysis.merges import chan_merge
+from vitquant.analysis.merges import Reservoir, chan_merge
 from vitquant.distributed import DistContext
 from vitquant.errors import VitquantError
 
@@ -97,33 +97,6 @@ def _float32_at_least(v: float) -> float:
     if float(f) < v:
         f = np.nextafter(f, np.float32(np.inf))
     return float(f)
-
-
-class Reservoir:
-    """A uniform random sample (without replacement) of at most ``size`` streamed values."""
-
-    def __init__(self, size: int, rng: np.random.Generator):
-        self.size = size
-        self.rng = rng
-        self.seen = 0
-        self.values = np.empty(0, dtype=np.float32)
-
-    def add(self, x: torch.Tensor) -> None:
-        flat = x.reshape(-1)
-        m = flat.numel()
-        if m == 0 or self.size == 0:
-            return
-        n = self.seen
-        self.seen += m
-        if n + m <= self.size:
-            self.values = np.concatenate([self.values, flat.float().numpy()])
-            return
-        # How many of the `size` slots the new values win: hypergeometric over old vs new.
-        k = min(self.size, n + m)
-        new = int(self.rng.hypergeometric(m, n, k)) if n else k
-        keep = self.rng.choice(len(self.values), k - new, replace=False) if k - new else []
-        pick = torch.from_numpy(self.rng.choice(m, new, replace=False))
-        self.values = np.concatenate([self.values[keep], flat[pick].float().numpy()])
 
 
 @dataclass
