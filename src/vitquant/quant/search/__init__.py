@@ -1,8 +1,8 @@
 """Hyperparameter search for QAT with Optuna: a resumable study on SQLite or PostgreSQL.
 
 The objective is the best int8 accuracy on the *validation* images (drawn from the train split)
-over a trial's epochs; the test split is never looked at here. Each epoch's value is reported to
-the pruner (median pruning by default).
+over a trial's epochs; the test split is never looked at here. The value of each trained epoch
+is reported to the pruner (median pruning by default); ``objective`` says which and why.
 
 Resume and sharing:
 
@@ -22,10 +22,12 @@ draw the same parameters. One concept per module:
 - ``config``: ``SearchSpace``, ``SearchConfig``, ``WorkerReport``;
 - ``urls``: SQLite and PostgreSQL URLs; ``storage``: opening the study;
 - ``workers``: liveness of the workers and ``StudyLock``;
-- ``run``: ``run_search`` and the summary of a study.
+- ``run``: ``run_search`` and the summary of a study;
+- ``objective``: ``QATObjective``, the QAT trial that ``vitquant search`` and the pipeline share.
 """
 
 from vitquant.quant.search.config import FINISHED, SearchConfig, SearchSpace, WorkerReport
+from vitquant.quant.search.objective import FIRST_REPORTED_EPOCH, QATObjective
 from vitquant.quant.search.run import TrainFn, config_dict, counts, run_search, summarize
 from vitquant.quant.search.storage import make_storage, open_study, trial_sampler
 from vitquant.quant.search.urls import driver_url, redact, sqlite_url
@@ -33,6 +35,8 @@ from vitquant.quant.search.workers import StudyLock, fail_dead_trials, worker_id
 
 __all__ = [
     "FINISHED",
+    "FIRST_REPORTED_EPOCH",
+    "QATObjective",
     "SearchConfig",
     "SearchSpace",
     "StudyLock",

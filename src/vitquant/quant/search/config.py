@@ -65,7 +65,8 @@ class SearchConfig:
         space: the search space.
         prune: median pruning on per-epoch reports.
         pruner_startup: trials that finish before pruning starts.
-        pruner_warmup: epochs of each trial never pruned.
+        pruner_warmup: no trial is pruned at a reported epoch below this one (Optuna's
+            ``n_warmup_steps``; steps are epoch numbers, see ``objective``).
         seed: base seed of the per-trial samplers.
         heartbeat_interval: seconds between a running trial's heartbeats.
         grace_period: a RUNNING trial whose heartbeat is older than this is marked FAIL.
