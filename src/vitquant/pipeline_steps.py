@@ -71,7 +71,13 @@ def qat_step(name: str, loaded, bundle: DataBundle, cfg, out: Path, *, log):
     def qat():
         from vitquant.plots.qat import plot_qat_history, plot_study
         from vitquant.quant.qat import QATConfig, run_qat
-        from vitquant.quant.search import SearchConfig, open_study, run_search, sqlite_url
+        from vitquant.quant.search import (
+            QATObjective,
+            SearchConfig,
+            open_study,
+            run_search,
+            sqlite_url,
+        )
         from vitquant.quant.search import summarize as summarize_study
 
         directory = out / "qat"
@@ -94,26 +100,14 @@ def qat_step(name: str, loaded, bundle: DataBundle, cfg, out: Path, *, log):
             "base": base.to_dict(),
         }
         study = open_study(scfg, identity)
-        kept: dict[tuple, object] = {}  # params -> QATResult of the trials this process ran
-
-        def train_fn(params, report):
-            result = run_qat(
-                loaded.model,
-                loaded.spec,
-                bundle,
-                replace(base, **params),
-                on_epoch=lambda epoch, record, *_: report(epoch, record["int8_val_acc"]),
-                log=lambda s: None,
-            )
-            kept[tuple(sorted(params.items()))] = result
-            return result.best_val, {"best_epoch": result.best_epoch}
-
-        run_search(study, scfg, train_fn, log=log)
+        # keep_results: the best trial's model is reused, not retrained, when this process ran it
+        objective = QATObjective(loaded.model, loaded.spec, bundle, base, keep_results=True)
+        run_search(study, scfg, objective, log=log)
         summary = summarize_study(study)
         plot_study(study, directory)
         write_json(directory / "search.json", summary)
         best = summary["best"]["params"]
-        result = kept.get(tuple(sorted(best.items())))
+        result = objective.result(best)
         if result is None:  # the best trial ran in an earlier, interrupted run: retrain it
             log(f"QAT: retraining the best trial's parameters {best}")
             result = run_qat(loaded.model, loaded.spec, bundle, replace(base, **best), log=log)

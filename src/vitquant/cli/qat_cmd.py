@@ -317,6 +317,7 @@ def search_cmd(
     from vitquant.plots.qat import plot_study, plot_trial_epochs
     from vitquant.quant.qat import run_qat
     from vitquant.quant.search import (
+        QATObjective,
         SearchConfig,
         SearchSpace,
         config_dict,
@@ -393,21 +394,8 @@ def search_cmd(
         f"study {scfg.study!r}: {len(opened.trials)} trial(s) stored; target {scfg.trials} finished"
     )
 
-    def train_fn(params, report):
-        cfg = replace(base, **params)
-        result = run_qat(
-            loaded.model,
-            loaded.spec,
-            bundle,
-            cfg,
-            ignore=scope.modules,
-            on_epoch=lambda epoch, rec, _m: epoch and report(epoch, rec["int8_val_acc"]),
-            log=lambda s: None,
-        )
-        attrs = {"best_epoch": result.best_epoch, "history": result.history}
-        return result.best_val, attrs
-
-    worker = run_search(opened, scfg, train_fn, log=console.print)
+    objective = QATObjective(loaded.model, loaded.spec, bundle, base, ignore=scope.modules)
+    worker = run_search(opened, scfg, objective, log=console.print)
     summary = summarize(opened)
     plots, notes = plot_study(opened, directory)
     if summary["trials"]:
