@@ -169,8 +169,9 @@ def test_pipeline_offers_each_pte_program_to_the_final_choice(tmp_path, digits_m
     assert all("XNNPACK subgraph" in d["reason"] for d in lowered)
     for r in doc["results"]:
         if r["backend"] == PTE:
-            assert 0 < r["extra"]["val_acc"] <= 1 and r["latency_ms_per_image"] > 0
-            assert r["artifact"].endswith(".pte")
+            assert 0 < r["val_accuracy"] <= 1 and r["latency_ms_per_image"] > 0
+            assert r["artifact"].endswith(".pte") and r["runtime"] == "executorch"
+            assert not r["simulated"] and r["agreement_pt2e"] is not None  # vs its pt2e twin
     final = doc["final"]
     assert (final["variant"], final["backend"]) in rows
     assert f"({final['backend']})" in doc["final_reason"]

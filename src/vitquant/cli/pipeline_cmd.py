@@ -96,8 +96,10 @@ def pipeline(
     """Float -> outliers -> static PTQ -> PTQ ignoring outlier layers -> auto ignore list ->
     dynamic -> (QAT + Optuna if still over --max-drop) -> final choice -> pipeline.json.
 
-    Choices use the val images; test figures are reported. The final choice: the fastest
-    variant within the val budget, else the most accurate on val.
+    Choices use the val images; test figures are reported. The final choice, among int8
+    variants within the val budget: the fastest when it leads by more than the latency spread,
+    else the smallest file, then the most int8 layers; a simulated (emulated int8) variant only
+    when nothing executed meets the budget; if none meets it, the most accurate on val.
     """
     if force_qat and not qat:
         raise VitquantError("--force-qat and --no-qat contradict each other: pass one of them.")
@@ -142,6 +144,7 @@ def pipeline(
         out=directory,
         analyze=analysis_step(loaded.model, loaded.spec, bundle, cfg, log=console.print),
         qat_search=qat_step(model, loaded, bundle, cfg, directory, log=console.print),
+        threads=threads,
         log=console.print,
     )
     flow_png = plot_flow(
@@ -159,27 +162,29 @@ def pipeline(
         "float layers",
         "MiB",
         "ms/img",
+        "IQR ms",
         "simulated",
     ):
         table.add_column(col, justify="right")
-    for v in run.variants:
-        r = v.row
+    for r in run.rows:
+        timed = r.latency_ms_per_image is not None
         table.add_row(
             r.variant,
             r.backend,
-            f"{v.val_drop_pts:.2f}",
+            f"{run.val_drop(r):.2f}",
             f"{r.accuracy:.4f}",
             f"{r.drop_pts:.2f}",
             str(r.float_layers),
             f"{r.size_mb:.2f}",
-            f"{r.latency_ms_per_image:.3f}",
+            f"{r.latency_ms_per_image:.3f}" if timed else "-",
+            f"{r.latency_spread_ms:.3f}" if timed and r.latency_spread_ms is not None else "-",
             "yes" if r.simulated else "",
         )
     # Wide enough for every column when stdout is not a terminal (rich defaults to 80).
     wide = console if console.is_terminal else Console(width=max(console.width, 120))
     wide.print(table)
     for d in run.decisions:
-        console.print(f"[bold]{d['step']}[/]: {d['decision']} ({d['reason']})")
+        console.print(f"[bold]{d.step}[/]: {d.decision} ({d.reason})")
     payload = {
         "model": model,
         "checkpoint": loaded.checkpoint,
@@ -189,7 +194,5 @@ def pipeline(
         "plots": [flow_png.name],
     }
     path = save_result(directory, "pipeline", payload)
-    console.print(
-        f"final: [bold]{run.final.row.variant}[/] ({run.final.row.backend}) - {run.final_reason}"
-    )
+    console.print(f"final: [bold]{run.final.variant}[/] ({run.final.backend}) - {run.final_reason}")
     console.print(f"wrote {path}")

@@ -20,7 +20,7 @@ ROW_COLUMNS = (
     ("float_layers", "float layers"),
     ("size_mb", "size MiB"),
     ("latency_ms_per_image", "ms/img"),
-    ("speedup", "speedup"),
+    ("speedup_vs_fp32_eager", "speedup vs fp32 eager"),
     ("score", "score"),
     ("simulated", "simulated"),
 )
