@@ -186,6 +186,11 @@ def _check_labels(given: dict[str, Batches], n_classes: int) -> None:
         if role not in given:
             continue
         for _, y in given[role]:
+            if len(y) and int(y.min()) == -1:
+                raise VitquantError(
+                    f"{KEYWORDS[role]}= batches carry no labels; accuracy needs (images, labels) "
+                    "batches (only calibration= may omit them)."
+                )
             if len(y) and (int(y.max()) >= n_classes or int(y.min()) < 0):
                 raise VitquantError(
                     f"{KEYWORDS[role]}= labels run from {int(y.min())} to {int(y.max())} but the "
