@@ -89,14 +89,39 @@ def profile_model(
     log: Callable[[str], None] = print,
 ) -> ModelProfile:
     """Measure one model: activation statistics (calib role), float and int8 accuracy (``role``)."""
+    loaded = load_model(name)
+    check_compatible(bundle, loaded.spec)
+    return profile_loaded(
+        name,
+        loaded.model,
+        loaded.spec,
+        bundle,
+        role=role,
+        calib=calib,
+        stats_limit=stats_limit,
+        threshold=threshold,
+        log=log,
+    )
+
+
+def profile_loaded(
+    name: str,
+    model: torch.nn.Module,
+    spec,
+    bundle: DataBundle,
+    *,
+    role: str = "test",
+    calib: int | None = None,
+    stats_limit: int | None = 256,
+    threshold: float = 5.0,
+    log: Callable[[str], None] = print,
+) -> ModelProfile:
+    """``profile_model`` of a model already built (any module with its ``ModelSpec``)."""
     from vitquant.analysis.stats import collect_activation_stats
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
     from vitquant.quant.dynamic import quantize_dynamic
     from vitquant.quant.pt2e import quantize_static
 
-    loaded = load_model(name)
-    check_compatible(bundle, loaded.spec)
-    model, spec = loaded.model, loaded.spec
     log(f"{name}: activation statistics")
     stats = collect_activation_stats(
         model, bundle, spec, role="calib", limit=stats_limit, threshold=threshold, progress=False
