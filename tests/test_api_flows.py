@@ -113,7 +113,7 @@ def test_pipeline_compare_and_report(tiny, roles, tmp_path):  # noqa: F811
     )
     variants = [r["variant"] for r in run.to_dict()["results"]]
     assert variants[0] == "fp32" and "static" in variants and "dynamic" in variants
-    assert run.final is not None and run.run.decisions[-1]["step"] == "final"
+    assert run.final is not None and run.run.decisions[-1].step == "final"
     both = vq.compare(
         {"tiny": tiny, "cnn": vq.load_model("digits_cnn")}, data="digits", stats_images=64
     )

@@ -147,7 +147,7 @@ class PipelineResult(Result):
     @property
     def final(self):
         """The chosen variant's ``ResultRow``."""
-        return self.run.final.row if self.run.final else None
+        return self.run.final
 
 
 @dataclass
