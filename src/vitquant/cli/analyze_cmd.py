@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -142,7 +141,17 @@ def analyze(
     top_change = ranked_by_change(weights)[:5]
     figures = {}
     if plots:
-        figures = analysis_plots(directory, stats, weights, loaded, threshold, model)
+        from vitquant.analysis.weights import weight_histograms
+        from vitquant.plots.analysis import write_analysis_figures
+
+        figures = write_analysis_figures(
+            directory,
+            stats,
+            weights,
+            weight_histograms(loaded.model),
+            threshold=threshold,
+            title=model,
+        )
     files = {
         "layers_csv": "analyze_layers.csv",
         "weights_csv": "analyze_weights.csv",
@@ -214,30 +223,6 @@ def analyze(
         f"{len(weights)} weight tensors; {seconds:.1f} s"
     )
     console.print(f"wrote {path}" + (f" and {len(figures)} figures" if figures else ""))
-
-
-def analysis_plots(directory: Path, stats, weights, loaded, threshold, model) -> dict[str, str]:
-    from vitquant.analysis.weights import weight_histograms
-    from vitquant.plots import analysis as plots
-
-    figures = {
-        "activation_boxplots": "activation_boxplots.png",
-        "weight_histograms": "weight_histograms.png",
-        "outlier_pct": "outlier_pct.png",
-        "change_score": "change_score.png",
-        "sqnr": "sqnr.png",
-    }
-    plots.plot_activation_boxplots(stats, directory / figures["activation_boxplots"], title=model)
-    plots.plot_weight_histograms(
-        weight_histograms(loaded.model),
-        directory / figures["weight_histograms"],
-        kinds={w.name: w.kind for w in weights},
-        title=model,
-    )
-    plots.plot_outlier_bars(stats, directory / figures["outlier_pct"], threshold=threshold)
-    plots.plot_change_score_bars(weights, directory / figures["change_score"])
-    plots.plot_sqnr_bars(weights, directory / figures["sqnr"])
-    return figures
 
 
 @app.command("sensitivity")
