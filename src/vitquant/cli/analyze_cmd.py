@@ -11,31 +11,31 @@ import typer
 from rich.table import Table
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
+from vitquant.cli.common import model_and_data, prepare_out, save_result
+from vitquant.cli.options import (
+    THRESHOLD,
+    CalibOpt,
     CheckpointOpt,
     DataOpt,
     ModelArg,
     NumClassesOpt,
     OutOpt,
     OverwriteOpt,
+    PlotsOpt,
     PretrainedOpt,
     RandomOpt,
     SeedOpt,
     ThreadsOpt,
+    ThresholdOpt,
     ValOpt,
     VerboseOpt,
-    model_and_data,
-    prepare_out,
-    save_result,
 )
 from vitquant.distributed import dist_context
 from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
 from vitquant.io import write_text
 
-ThresholdOpt = Annotated[
-    float, typer.Option(help="A point is significant when its outlier % exceeds this.")
-]
+# Inference batches (analyze, sensitivity); QAT's --batch-size is the training batch.
 BatchOpt = Annotated[int, typer.Option(help="Images per forward pass.")]
 
 
@@ -76,15 +76,15 @@ def analyze(
     pretrained: PretrainedOpt = False,
     random_weights: RandomOpt = False,
     num_classes: NumClassesOpt = None,
-    calib: Annotated[int, typer.Option(help="Images to analyse (the calibration subset).")] = 256,
+    calib: CalibOpt = 256,
     val: ValOpt = None,
     seed: SeedOpt = 0,
-    threshold: ThresholdOpt = 5.0,
+    threshold: ThresholdOpt = THRESHOLD,
     batch_size: BatchOpt = 64,
     sample_size: Annotated[
         int, typer.Option(help="Random values and outliers kept per point for the boxplots.")
     ] = 2000,
-    plots: Annotated[bool, typer.Option(help="Write the PNG figures.")] = True,
+    plots: PlotsOpt = True,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
@@ -234,14 +234,14 @@ def sensitivity(
     random_weights: RandomOpt = False,
     num_classes: NumClassesOpt = None,
     val: ValOpt = None,
-    calib: Annotated[int, typer.Option(help="Calibration images for the activation ranges.")] = 256,
+    calib: CalibOpt = 256,
     seed: SeedOpt = 0,
     layers: Annotated[
         str | None,
         typer.Option(help="Comma-separated layers to test [default: every Linear/Conv]."),
     ] = None,
     batch_size: BatchOpt = 128,
-    plots: Annotated[bool, typer.Option(help="Write sensitivity.png.")] = True,
+    plots: PlotsOpt = True,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,

@@ -10,93 +10,65 @@ from typing import Annotated
 import typer
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
+from vitquant.cli.common import model_and_data, prepare_out, save_result
+from vitquant.cli.options import (
+    PER_CHANNEL,
+    QUANTIZER,
+    SYMMETRIC_ACTIVATIONS,
+    BatchOpt,
     CalibOpt,
     CheckpointOpt,
     DataOpt,
+    EpochsOpt,
     ExportOpt,
+    FreezeBnOpt,
+    FreezeObsOpt,
+    IgnoreFileOpt,
+    IgnoreOpt,
+    IgnoreTypeOpt,
+    LatencyOpt,
     LimitOpt,
+    LrOpt,
     ModelArg,
+    MomentumOpt,
     NumClassesOpt,
+    OnnxOpt,
+    OptimizerOpt,
     OutOpt,
     OverwriteOpt,
+    PerChannelOpt,
     PretrainedOpt,
     QuantizerOpt,
     RandomOpt,
     SeedOpt,
+    SymActOpt,
     ThreadsOpt,
+    TrainLimitOpt,
     ValOpt,
     VerboseOpt,
-    model_and_data,
-    prepare_out,
-    save_result,
+    WdOpt,
 )
 from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
 from vitquant.quant.configs import check_backend, check_export
 
-EpochsOpt = Annotated[
-    int, typer.Option(min=1, help="QAT epochs (per trial, unless --search-epochs).")
-]
-LrOpt = Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")]
-MomentumOpt = Annotated[float, typer.Option(help="SGD momentum (Nesterov).")]
-WdOpt = Annotated[float, typer.Option(help="Weight decay.")]
-OptimizerOpt = Annotated[str, typer.Option(help="sgd or adamw.")]
-BatchOpt = Annotated[
-    int, typer.Option(min=1, help="Global batch size (split across torchrun ranks).")
-]
-FreezeObsOpt = Annotated[
-    int | None,
-    typer.Option(min=0, help="Freeze the fake-quant observers (scales) after this many epochs."),
-]
-FreezeBnOpt = Annotated[
-    int | None,
-    typer.Option(min=0, help="Freeze BatchNorm running statistics after this many epochs."),
-]
-TrainLimitOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=1, help="Train on this many fit images per epoch (drawn afresh) [default: all]."
-    ),
-]
-IgnoreOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        help="Keep in float: module name, glob (blocks.*.mlp.fc2) or type:Linear; repeatable."
-    ),
-]
-IgnoreTypeOpt = Annotated[
-    list[str] | None, typer.Option(help="Keep every module of this type in float (repeatable).")
-]
-IgnoreFileOpt = Annotated[
-    Path | None, typer.Option(help="File with one ignore entry per line (# comments).")
-]
-PerChannelOpt = Annotated[bool, typer.Option(help="Per-channel weight scales.")]
-SymActOpt = Annotated[
-    bool, typer.Option(help="Activations with zero point 0 (x86: int8 symmetric, else uint8).")
-]
-OnnxOpt = Annotated[
-    bool, typer.Option(help="Also export the int8 model to ONNX and test it in ONNX Runtime.")
-]
-LatencyOpt = Annotated[
-    bool, typer.Option(help="Time each row (pt2e after inductor lowering: about a minute).")
-]
 
-
-def _qat_config(**kw):
+def qat_config(**kw):
+    """The ``QATConfig`` of the options (imported late: ``quant.qat`` pulls in torchao)."""
     from vitquant.quant.qat import QATConfig
 
     return QATConfig(**kw)
 
 
-def _ignored(model, ignore, ignore_type, ignore_file):
+def ignored_scope(model, ignore, ignore_type, ignore_file):
+    """The ``--ignore*`` options resolved on ``model`` (an entry that matches nothing fails)."""
     from vitquant.quant.scope import IgnoreScope, resolve_modules
 
     scope = IgnoreScope.from_cli(ignore or [], ignore_type or [], ignore_file)
     return resolve_modules(model, scope)
 
 
-def _finish(
+def finish_qat(
     loaded, bundle, cfg, result, directory: Path, *, ignored, onnx, latency, stem, export="none"
 ):
     """Plot, save and test the kept model; the part of qat.json / search.json it fills."""
@@ -148,10 +120,10 @@ def qat_cmd(
     ignore: IgnoreOpt = None,
     ignore_type: IgnoreTypeOpt = None,
     ignore_file: IgnoreFileOpt = None,
-    quantizer: QuantizerOpt = "x86",
+    quantizer: QuantizerOpt = QUANTIZER,
     export: ExportOpt = "none",
-    per_channel: PerChannelOpt = True,
-    symmetric_activations: SymActOpt = False,
+    per_channel: PerChannelOpt = PER_CHANNEL,
+    symmetric_activations: SymActOpt = SYMMETRIC_ACTIVATIONS,
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_weights: RandomOpt = False,
@@ -193,7 +165,7 @@ def qat_cmd(
         limit=limit,
         seed=seed,
     )
-    cfg = _qat_config(
+    cfg = qat_config(
         epochs=epochs,
         lr=lr,
         momentum=momentum,
@@ -209,13 +181,13 @@ def qat_cmd(
         seed=seed,
         backend=quantizer,
     )
-    scope = _ignored(loaded.model, ignore, ignore_type, ignore_file)
+    scope = ignored_scope(loaded.model, ignore, ignore_type, ignore_file)
     say = console.print if ctx.is_main else (lambda *a, **k: None)
     say(f"QAT of {model} on {bundle.name} {bundle.sizes()}: {cfg}")
     result = run_qat(loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules, log=say)
     if not ctx.is_main:
         return
-    part = _finish(
+    part = finish_qat(
         loaded,
         bundle,
         cfg,
@@ -285,10 +257,10 @@ def search_cmd(
     ignore: IgnoreOpt = None,
     ignore_type: IgnoreTypeOpt = None,
     ignore_file: IgnoreFileOpt = None,
-    quantizer: QuantizerOpt = "x86",
+    quantizer: QuantizerOpt = QUANTIZER,
     export: ExportOpt = "none",
-    per_channel: PerChannelOpt = True,
-    symmetric_activations: SymActOpt = False,
+    per_channel: PerChannelOpt = PER_CHANNEL,
+    symmetric_activations: SymActOpt = SYMMETRIC_ACTIVATIONS,
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_weights: RandomOpt = False,
@@ -361,7 +333,7 @@ def search_cmd(
         limit=limit,
         seed=seed,
     )
-    base = _qat_config(
+    base = qat_config(
         epochs=epochs,
         optimizer=optimizer,
         batch_size=batch_size,
@@ -374,7 +346,7 @@ def search_cmd(
         seed=seed,
         backend=quantizer,
     )
-    scope = _ignored(loaded.model, ignore, ignore_type, ignore_file)
+    scope = ignored_scope(loaded.model, ignore, ignore_type, ignore_file)
     searched = {"lr", "momentum", "weight_decay"} | ({"epochs"} if space.epochs else set())
     identity = {
         "model": model,
@@ -422,7 +394,7 @@ def search_cmd(
         result = run_qat(
             loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules, log=console.print
         )
-        final_part = _finish(
+        final_part = finish_qat(
             loaded,
             bundle,
             cfg,
