@@ -63,11 +63,6 @@ def _short_module(s) -> str:
     return s.module.removeprefix(prefix) if prefix and s.module.startswith(prefix) else s.module
 
 
-def _check_threshold(threshold: float) -> None:
-    if not 0 <= threshold <= 100:
-        raise VitquantError(f"--threshold is a percentage in [0, 100] (got {threshold}).")
-
-
 @app.command("analyze")
 def analyze(
     model: ModelArg,
@@ -97,7 +92,6 @@ def analyze(
     from vitquant.analysis.summary import activation_summary, weight_summary
     from vitquant.analysis.weights import ranked_by_change, weight_stats
 
-    _check_threshold(threshold)
     if calib <= 0:
         raise VitquantError("--calib must be > 0: it is the number of images analysed.")
     if batch_size <= 0 or sample_size < 0:
