@@ -21,9 +21,8 @@ def analysis_step(model, spec, bundle: DataBundle, cfg, *, log: Callable[[str], 
     def analyze(out_dir: Path):
         from vitquant.analysis.stats import collect_activation_stats
         from vitquant.analysis.summary import activation_summary, weight_summary
-        from vitquant.analysis.weights import ranked_by_change, weight_stats
-        from vitquant.cli.analyze_cmd import analysis_plots
-        from vitquant.registry import LoadedModel
+        from vitquant.analysis.weights import ranked_by_change, weight_histograms, weight_stats
+        from vitquant.plots.analysis import write_analysis_figures
 
         stats = collect_activation_stats(
             model,
@@ -36,8 +35,13 @@ def analysis_step(model, spec, bundle: DataBundle, cfg, *, log: Callable[[str], 
         )
         weights = weight_stats(model, threshold=cfg.threshold)
         out_dir.mkdir(parents=True, exist_ok=True)
-        figures = analysis_plots(
-            out_dir, stats, weights, LoadedModel(model, spec, ""), cfg.threshold, spec.name
+        figures = write_analysis_figures(
+            out_dir,
+            stats,
+            weights,
+            weight_histograms(model),
+            threshold=cfg.threshold,
+            title=spec.name,
         )
         write_json(
             out_dir / "analyze.json",

@@ -17,6 +17,7 @@ from vitquant.cli import (  # noqa: F401  (each module registers its commands)
     qat_cmd,
     quantize_cmd,
     report_cmd,
+    search_cmd,
     train_cmd,
 )
 from vitquant.cli.app import app, err_console

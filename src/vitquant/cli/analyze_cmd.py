@@ -5,38 +5,37 @@ from __future__ import annotations
 import csv
 import io
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
+from vitquant.cli.common import model_and_data, prepare_out, save_result
+from vitquant.cli.options import (
+    THRESHOLD,
+    CalibOpt,
     CheckpointOpt,
     DataOpt,
     ModelArg,
     NumClassesOpt,
     OutOpt,
     OverwriteOpt,
+    PlotsOpt,
     PretrainedOpt,
     RandomOpt,
     SeedOpt,
     ThreadsOpt,
+    ThresholdOpt,
     ValOpt,
     VerboseOpt,
-    model_and_data,
-    prepare_out,
-    save_result,
 )
 from vitquant.distributed import dist_context
 from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
 from vitquant.io import write_text
 
-ThresholdOpt = Annotated[
-    float, typer.Option(help="A point is significant when its outlier % exceeds this.")
-]
+# Inference batches (analyze, sensitivity); QAT's --batch-size is the training batch.
 BatchOpt = Annotated[int, typer.Option(help="Images per forward pass.")]
 
 
@@ -64,11 +63,6 @@ def _short_module(s) -> str:
     return s.module.removeprefix(prefix) if prefix and s.module.startswith(prefix) else s.module
 
 
-def _check_threshold(threshold: float) -> None:
-    if not 0 <= threshold <= 100:
-        raise VitquantError(f"--threshold is a percentage in [0, 100] (got {threshold}).")
-
-
 @app.command("analyze")
 def analyze(
     model: ModelArg,
@@ -77,15 +71,15 @@ def analyze(
     pretrained: PretrainedOpt = False,
     random_weights: RandomOpt = False,
     num_classes: NumClassesOpt = None,
-    calib: Annotated[int, typer.Option(help="Images to analyse (the calibration subset).")] = 256,
+    calib: CalibOpt = 256,
     val: ValOpt = None,
     seed: SeedOpt = 0,
-    threshold: ThresholdOpt = 5.0,
+    threshold: ThresholdOpt = THRESHOLD,
     batch_size: BatchOpt = 64,
     sample_size: Annotated[
         int, typer.Option(help="Random values and outliers kept per point for the boxplots.")
     ] = 2000,
-    plots: Annotated[bool, typer.Option(help="Write the PNG figures.")] = True,
+    plots: PlotsOpt = True,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
@@ -98,7 +92,6 @@ def analyze(
     from vitquant.analysis.summary import activation_summary, weight_summary
     from vitquant.analysis.weights import ranked_by_change, weight_stats
 
-    _check_threshold(threshold)
     if calib <= 0:
         raise VitquantError("--calib must be > 0: it is the number of images analysed.")
     if batch_size <= 0 or sample_size < 0:
@@ -142,7 +135,17 @@ def analyze(
     top_change = ranked_by_change(weights)[:5]
     figures = {}
     if plots:
-        figures = analysis_plots(directory, stats, weights, loaded, threshold, model)
+        from vitquant.analysis.weights import weight_histograms
+        from vitquant.plots.analysis import write_analysis_figures
+
+        figures = write_analysis_figures(
+            directory,
+            stats,
+            weights,
+            weight_histograms(loaded.model),
+            threshold=threshold,
+            title=model,
+        )
     files = {
         "layers_csv": "analyze_layers.csv",
         "weights_csv": "analyze_weights.csv",
@@ -216,30 +219,6 @@ def analyze(
     console.print(f"wrote {path}" + (f" and {len(figures)} figures" if figures else ""))
 
 
-def analysis_plots(directory: Path, stats, weights, loaded, threshold, model) -> dict[str, str]:
-    from vitquant.analysis.weights import weight_histograms
-    from vitquant.plots import analysis as plots
-
-    figures = {
-        "activation_boxplots": "activation_boxplots.png",
-        "weight_histograms": "weight_histograms.png",
-        "outlier_pct": "outlier_pct.png",
-        "change_score": "change_score.png",
-        "sqnr": "sqnr.png",
-    }
-    plots.plot_activation_boxplots(stats, directory / figures["activation_boxplots"], title=model)
-    plots.plot_weight_histograms(
-        weight_histograms(loaded.model),
-        directory / figures["weight_histograms"],
-        kinds={w.name: w.kind for w in weights},
-        title=model,
-    )
-    plots.plot_outlier_bars(stats, directory / figures["outlier_pct"], threshold=threshold)
-    plots.plot_change_score_bars(weights, directory / figures["change_score"])
-    plots.plot_sqnr_bars(weights, directory / figures["sqnr"])
-    return figures
-
-
 @app.command("sensitivity")
 def sensitivity(
     model: ModelArg,
@@ -249,14 +228,14 @@ def sensitivity(
     random_weights: RandomOpt = False,
     num_classes: NumClassesOpt = None,
     val: ValOpt = None,
-    calib: Annotated[int, typer.Option(help="Calibration images for the activation ranges.")] = 256,
+    calib: CalibOpt = 256,
     seed: SeedOpt = 0,
     layers: Annotated[
         str | None,
         typer.Option(help="Comma-separated layers to test [default: every Linear/Conv]."),
     ] = None,
     batch_size: BatchOpt = 128,
-    plots: Annotated[bool, typer.Option(help="Write sensitivity.png.")] = True,
+    plots: PlotsOpt = True,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from vitquant.cli.common import VerboseOpt
+from vitquant.cli.options import VerboseOpt
 
 app = typer.Typer(
     name="vitquant",

@@ -1,111 +1,15 @@
-"""Options shared by every command, and the small helpers that turn them into library objects."""
+"""The small helpers that turn the shared options (``cli/options.py``) into library objects."""
 
 from __future__ import annotations
 
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from vitquant.data import DataBundle, check_compatible, load_data
 from vitquant.errors import HeadMismatchError
 from vitquant.io import check_writable, write_json
-from vitquant.quiet import apply, verbose_requested
 from vitquant.registry import LoadedModel, load_model
-
-
-def apply_verbosity(verbose: bool) -> bool:
-    """``--verbose``'s callback: third-party warnings and log lines are hidden unless asked."""
-    apply(verbose=verbose or verbose_requested())
-    return verbose
-
-
-VerboseOpt = Annotated[
-    bool,
-    typer.Option(
-        "--verbose",
-        help="Show third-party warnings and log lines (torch, inductor, ONNX Runtime), hidden "
-        "by default (also VITQUANT_VERBOSE=1).",
-        callback=apply_verbosity,
-        is_eager=True,
-    ),
-]
-ModelArg = Annotated[
-    str,
-    typer.Argument(
-        help="Registry name (see `vitquant models`) or timm:<name>, "
-        "e.g. timm:deit_small_patch16_224."
-    ),
-]
-CheckpointOpt = Annotated[
-    Path | None,
-    typer.Option(help="Checkpoint file (state_dict); default: the model's registered checkpoint."),
-]
-PretrainedOpt = Annotated[
-    bool, typer.Option(help="timm:<name> only: download timm's pretrained weights (online).")
-]
-RandomOpt = Annotated[
-    bool,
-    typer.Option(help="Keep random weights on purpose (architecture analysis only)."),
-]
-NumClassesOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=1, help="timm:<name> only: classifier size (default: the number of data classes)."
-    ),
-]
-DataOpt = Annotated[
-    str,
-    typer.Option(help="digits (embedded), cifar10 ($VITQUANT_ASSETS), or an ImageFolder path."),
-]
-CalibOpt = Annotated[
-    int, typer.Option(min=0, help="Calibration images (from train, disjoint from val).")
-]
-ValOpt = Annotated[
-    int | None,
-    typer.Option(
-        min=0,
-        help="Validation images from train, used for every choice [default: "
-        "min(1000, 15% of train)].",
-    ),
-]
-LimitOpt = Annotated[
-    int | None, typer.Option(min=1, help="Stratified subset of the test split [default: all].")
-]
-SeedOpt = Annotated[int, typer.Option(help="Seed of every data subset.")]
-OutOpt = Annotated[
-    Path | None, typer.Option(help="Output folder [default: runs/<command>/<model>].")
-]
-OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing result file in --out.")]
-ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads [default: all cores].")]
-QuantizerOpt = Annotated[
-    str,
-    typer.Option(
-        "--quantizer",
-        help="pt2e quantizer: x86 (torchao X86InductorQuantizer, uint8 activations, inductor "
-        "int8 kernels) or xnnpack (ExecuTorch XNNPACKQuantizer, symmetric int8 config, the "
-        "edge/mobile path).",
-    ),
-]
-ExportOpt = Annotated[
-    str,
-    typer.Option(
-        "--export",
-        help="pte: also lower each static/QAT int8 model to an ExecuTorch XNNPACK program "
-        "(.pte), run it with ExecuTorch's runtime and add its row (needs --quantizer xnnpack). "
-        "none: no extra artifact.",
-    ),
-]
-ObserverOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Activation calibration: minmax, moving_average, histogram, percentile "
-        "[default: minmax for x86, histogram for xnnpack]; ORT mirrors it with "
-        "MinMax/Entropy/Percentile.",
-    ),
-]
 
 
 def out_dir(out: Path | None, command: str, model: str) -> Path:

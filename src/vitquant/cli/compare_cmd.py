@@ -8,20 +8,21 @@ import typer
 from rich.table import Table
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
+from vitquant.cli.common import ensure_weights, prepare_out, print_notes, save_result
+from vitquant.cli.options import (
+    STATS_IMAGES,
+    THRESHOLD,
     CalibOpt,
     DataOpt,
     LimitOpt,
     OutOpt,
     OverwriteOpt,
     SeedOpt,
+    StatsImagesOpt,
     ThreadsOpt,
+    ThresholdOpt,
     ValOpt,
     VerboseOpt,
-    ensure_weights,
-    prepare_out,
-    print_notes,
-    save_result,
 )
 from vitquant.compare import profile_model, summarize
 from vitquant.data import load_data
@@ -39,12 +40,8 @@ def compare(
     calib: CalibOpt = 256,
     val: ValOpt = None,
     limit: LimitOpt = None,
-    stats_images: Annotated[
-        int, typer.Option(min=1, help="Calibration images for the activation statistics.")
-    ] = 256,
-    threshold: Annotated[
-        float, typer.Option(min=0, max=100, help="Outlier % above which a point is significant.")
-    ] = 5.0,
+    stats_images: StatsImagesOpt = STATS_IMAGES,
+    threshold: ThresholdOpt = THRESHOLD,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     out: OutOpt = None,

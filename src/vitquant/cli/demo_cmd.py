@@ -12,9 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import OutOpt, VerboseOpt
+from vitquant.cli.options import VerboseOpt
 from vitquant.errors import VitquantError
 from vitquant.prepare import ensure_trained
 
@@ -73,7 +76,10 @@ def _steps(out: Path) -> list[list[str]]:
 
 
 @app.command()
-def demo(out: OutOpt = None, verbose: VerboseOpt = False) -> None:
+def demo(
+    out: Annotated[Path | None, typer.Option(help="Output folder [default: runs/demo].")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
     """Digits end to end: train (if needed) -> pipeline -> compare -> edge (.pte) ->
     report.html."""
     out = out or Path("runs") / "demo"

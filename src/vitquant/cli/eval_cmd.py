@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-import typer
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
+from vitquant.cli.common import model_and_data, prepare_out, save_result
+from vitquant.cli.options import (
     CalibOpt,
     CheckpointOpt,
     DataOpt,
+    LatencyBatchOpt,
     LimitOpt,
     ModelArg,
     NumClassesOpt,
@@ -23,9 +22,6 @@ from vitquant.cli.common import (
     ThreadsOpt,
     ValOpt,
     VerboseOpt,
-    model_and_data,
-    prepare_out,
-    save_result,
 )
 from vitquant.distributed import dist_context
 from vitquant.evaluate import (
@@ -51,10 +47,7 @@ def eval_(
     val: ValOpt = None,
     calib: CalibOpt = 256,
     seed: SeedOpt = 0,
-    latency_batch: Annotated[
-        int,
-        typer.Option(min=1, help="Batch size of the reported latency (batch 1 and 32 are saved)."),
-    ] = 1,
+    latency_batch: LatencyBatchOpt = 1,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,

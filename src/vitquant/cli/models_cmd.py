@@ -9,21 +9,20 @@ import typer
 from rich.table import Table
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
-    ModelArg,
-    NumClassesOpt,
-    OutOpt,
-    OverwriteOpt,
-    VerboseOpt,
-    prepare_out,
-    save_result,
-)
+from vitquant.cli.common import prepare_out, save_result
+from vitquant.cli.options import ModelArg, NumClassesOpt, OutOpt, OverwriteOpt, VerboseOpt
 from vitquant.layers import layer_table
 from vitquant.registry import get_spec, list_specs, load_model
 
 
 @app.command()
-def models(out: OutOpt = None, overwrite: OverwriteOpt = True, verbose: VerboseOpt = False) -> None:
+def models(
+    out: Annotated[
+        Path | None, typer.Option(help="Also write DIR/models.json [default: print only].")
+    ] = None,
+    overwrite: OverwriteOpt = True,
+    verbose: VerboseOpt = False,
+) -> None:
     """List the registered models (plus any timm model as timm:<name>)."""
     rows = []
     table = Table(title="vitquant models (and timm:<any timm name>)")

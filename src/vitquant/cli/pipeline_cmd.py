@@ -9,27 +9,35 @@ from rich.console import Console
 from rich.table import Table
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
+from vitquant.cli.common import model_and_data, prepare_out, save_result
+from vitquant.cli.options import (
+    MAX_DROP,
+    PER_CHANNEL,
+    QUANTIZER,
+    STATS_IMAGES,
+    THRESHOLD,
     CalibOpt,
     CheckpointOpt,
     DataOpt,
     ExportOpt,
     LimitOpt,
+    LowerOpt,
+    MaxDropOpt,
     ModelArg,
     NumClassesOpt,
     ObserverOpt,
     OutOpt,
     OverwriteOpt,
+    PerChannelOpt,
     PretrainedOpt,
     QuantizerOpt,
     RandomOpt,
     SeedOpt,
+    StatsImagesOpt,
     ThreadsOpt,
+    ThresholdOpt,
     ValOpt,
     VerboseOpt,
-    model_and_data,
-    prepare_out,
-    save_result,
 )
 from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
@@ -41,10 +49,7 @@ from vitquant.plots.pipeline import plot_flow
 def pipeline(
     model: ModelArg,
     data: DataOpt = "digits",
-    max_drop: Annotated[
-        float,
-        typer.Option(min=0, help="Accuracy budget in points (fp32 minus int8, measured on val)."),
-    ] = 1.0,
+    max_drop: MaxDropOpt = MAX_DROP,
     checkpoint: CheckpointOpt = None,
     pretrained: PretrainedOpt = False,
     random_weights: RandomOpt = False,
@@ -52,14 +57,10 @@ def pipeline(
     calib: CalibOpt = 256,
     val: ValOpt = None,
     limit: LimitOpt = None,
-    threshold: Annotated[
-        float, typer.Option(min=0, max=100, help="Significant outlier % of a point.")
-    ] = 5.0,
-    stats_images: Annotated[
-        int, typer.Option(min=1, help="Images for the activation statistics.")
-    ] = 256,
-    per_channel: Annotated[bool, typer.Option(help="Per-channel weight scales.")] = True,
-    quantizer: QuantizerOpt = "x86",
+    threshold: ThresholdOpt = THRESHOLD,
+    stats_images: StatsImagesOpt = STATS_IMAGES,
+    per_channel: PerChannelOpt = PER_CHANNEL,
+    quantizer: QuantizerOpt = QUANTIZER,
     export: ExportOpt = "none",
     observer: ObserverOpt = None,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials if QAT is needed.")] = 4,
@@ -80,13 +81,7 @@ def pipeline(
         int | None,
         typer.Option(min=1, help="Val images for the sensitivity ranking [default: all]."),
     ] = None,
-    lower: Annotated[
-        bool,
-        typer.Option(
-            help="Time pt2e variants after inductor lowering (real int8 kernels); "
-            "--no-lower times the eager emulation, marked simulated."
-        ),
-    ] = True,
+    lower: LowerOpt = True,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     out: OutOpt = None,

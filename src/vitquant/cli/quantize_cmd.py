@@ -9,28 +9,41 @@ from typing import Annotated
 import typer
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
+from vitquant.cli.common import invocation, model_and_data, prepare_out, save_result
+from vitquant.cli.options import (
+    MAX_DROP,
+    PER_CHANNEL,
+    QUANTIZER,
+    SYMMETRIC_ACTIVATIONS,
     CalibOpt,
     CheckpointOpt,
     DataOpt,
     ExportOpt,
+    IgnoreFileOpt,
+    IgnoreOpt,
+    IgnoreTypeOpt,
+    LatencyBatchOpt,
     LimitOpt,
+    LowerOpt,
+    MaxDropOpt,
     ModelArg,
     NumClassesOpt,
     ObserverOpt,
+    OnnxOpt,
     OutOpt,
     OverwriteOpt,
+    PerChannelOpt,
     PretrainedOpt,
     QuantizerOpt,
     RandomOpt,
     SeedOpt,
+    SymActOpt,
     ThreadsOpt,
     ValOpt,
     VerboseOpt,
-    invocation,
-    model_and_data,
-    prepare_out,
-    save_result,
+    WAccOpt,
+    WSizeOpt,
+    WSpeedOpt,
 )
 from vitquant.errors import VitquantError
 from vitquant.io import check_writable, write_text
@@ -41,25 +54,6 @@ METHODS = {
     "static": ("fp32", "static", "static-ignore", "static-auto"),
     "dynamic": ("fp32", "dynamic"),
 }
-
-WAccOpt = Annotated[float, typer.Option("--w-acc", help="Composite score weight of accuracy.")]
-WSizeOpt = Annotated[
-    float, typer.Option("--w-size", help="Composite score weight of the size reduction.")
-]
-WSpeedOpt = Annotated[
-    float, typer.Option("--w-speed", help="Composite score weight of the latency reduction.")
-]
-LowerOpt = Annotated[
-    bool,
-    typer.Option(
-        help="Time pt2e models after inductor lowering (int8 kernels); --no-lower "
-        "times the eager emulation and marks the rows simulated."
-    ),
-]
-LatencyBatchOpt = Annotated[
-    int,
-    typer.Option(min=1, help="Batch size of the row's latency (batch 1 and 32 are both saved)."),
-]
 
 
 def parse_top_k(text: str | None) -> tuple[int, ...]:
@@ -106,39 +100,18 @@ def quantize(
     val: ValOpt = None,
     calib: CalibOpt = 256,
     seed: SeedOpt = 0,
-    per_channel: Annotated[
-        bool, typer.Option("--per-channel/--per-tensor", help="Int8 weight scales.")
-    ] = True,
-    symmetric_activations: Annotated[
-        bool,
-        typer.Option(
-            "--symmetric-activations/--asymmetric-activations",
-            help="int8 symmetric (zero point 0) or uint8 asymmetric activations.",
-        ),
-    ] = False,
-    quantizer: QuantizerOpt = "x86",
+    per_channel: PerChannelOpt = PER_CHANNEL,
+    symmetric_activations: SymActOpt = SYMMETRIC_ACTIVATIONS,
+    quantizer: QuantizerOpt = QUANTIZER,
     export: ExportOpt = "none",
     observer: ObserverOpt = None,
     percentile: Annotated[
         float, typer.Option(min=0, max=100, help="Percentile of --observer percentile.")
     ] = 99.99,
-    ignore: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Keep in float: a module name, glob (blocks.0.*), parameter name, "
-            "type:Linear, or 'auto' (accuracy-aware, see --max-drop). Repeatable."
-        ),
-    ] = None,
-    ignore_file: Annotated[
-        Path | None, typer.Option(help="File with one --ignore entry per line (# comments).")
-    ] = None,
-    ignore_type: Annotated[
-        list[str] | None,
-        typer.Option(help="Keep every module of this type in float (Linear, Conv2d...)."),
-    ] = None,
-    max_drop: Annotated[
-        float, typer.Option(min=0, help="--ignore auto: accuracy budget in points on val.")
-    ] = 0.5,
+    ignore: IgnoreOpt = None,
+    ignore_file: IgnoreFileOpt = None,
+    ignore_type: IgnoreTypeOpt = None,
+    max_drop: MaxDropOpt = MAX_DROP,
     auto_val_limit: Annotated[
         int | None,
         typer.Option(min=1, help="--ignore auto: val images per step [default: all]."),
@@ -150,7 +123,7 @@ def quantize(
             "0..10, 0,2,5 or N. Plots accuracy against k."
         ),
     ] = None,
-    onnx: Annotated[bool, typer.Option(help="Also export to ONNX and quantize with ORT.")] = True,
+    onnx: OnnxOpt = True,
     lower: LowerOpt = True,
     latency_batch: LatencyBatchOpt = 1,
     threads: ThreadsOpt = None,

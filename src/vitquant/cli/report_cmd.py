@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import VerboseOpt
+from vitquant.cli.options import VerboseOpt
 from vitquant.errors import VitquantError
 from vitquant.report.html import build_report
 

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import (
+from vitquant.cli.common import prepare_out, print_notes, save_result
+from vitquant.cli.options import (
     CheckpointOpt,
     DataOpt,
     ModelArg,
@@ -18,11 +19,9 @@ from vitquant.cli.common import (
     OverwriteOpt,
     SeedOpt,
     ThreadsOpt,
+    TrainLimitOpt,
     ValOpt,
     VerboseOpt,
-    prepare_out,
-    print_notes,
-    save_result,
 )
 from vitquant.data import check_compatible, load_data
 from vitquant.evaluate import accuracy, set_threads
@@ -43,14 +42,22 @@ def train_cmd(
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Epochs [default: the model's recipe].")
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size.")] = None,
-    train_limit: Annotated[
-        int | None, typer.Option(min=1, help="Train on this many fit images per epoch.")
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate [default: the model's recipe].")
     ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(help="SGD momentum [default: the model's recipe].")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Weight decay [default: the model's recipe].")
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="sgd or adamw [default: the model's recipe].")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Batch size [default: the model's recipe].")
+    ] = None,
+    train_limit: TrainLimitOpt = None,
     finetune: Annotated[
         bool, typer.Option(help="Start from the checkpoint (--checkpoint or the registered one).")
     ] = False,

@@ -4,7 +4,8 @@
   sampled outliers (and the true extremes) as red dots, significant points highlighted;
 - ``plot_weight_histograms``: a grid of weight histograms, one panel per layer;
 - ``plot_outlier_bars``, ``plot_change_score_bars``, ``plot_sqnr_bars``,
-  ``plot_sensitivity_bars``: horizontal bar charts, one bar per point / layer.
+  ``plot_sensitivity_bars``: horizontal bar charts, one bar per point / layer;
+- ``write_analysis_figures``: the five figures of one analysis (analyze, the pipeline) at once.
 """
 
 from __future__ import annotations
@@ -292,3 +293,50 @@ def plot_sensitivity_bars(rows: list, path: str | Path) -> Path:
     )
     fig.tight_layout()
     return _save(fig, path)
+
+
+# The figures of one analysis, by key: what analyze.json's ``figures`` lists.
+ANALYSIS_FIGURES = {
+    "activation_boxplots": "activation_boxplots.png",
+    "weight_histograms": "weight_histograms.png",
+    "outlier_pct": "outlier_pct.png",
+    "change_score": "change_score.png",
+    "sqnr": "sqnr.png",
+}
+
+
+def write_analysis_figures(
+    directory: Path,
+    stats: list,
+    weights: list,
+    histograms: list,
+    *,
+    threshold: float,
+    title: str = "",
+) -> dict[str, str]:
+    """Draw the five figures of ``vitquant analyze`` (and the pipeline's analysis step) into
+    ``directory``.
+
+    Args:
+        directory: where the PNGs go (``ANALYSIS_FIGURES`` names them).
+        stats: the points' activation statistics (``collect_activation_stats``).
+        weights: the weight statistics (``weight_stats``).
+        histograms: the weight histograms (``weight_histograms``).
+        threshold: the outlier % a point is significant above (drawn as a line).
+        title: the model, in the figure titles.
+
+    Returns:
+        ``{key: file name}`` of the figures written, relative to ``directory``.
+    """
+    files = ANALYSIS_FIGURES
+    plot_activation_boxplots(stats, directory / files["activation_boxplots"], title=title)
+    plot_weight_histograms(
+        histograms,
+        directory / files["weight_histograms"],
+        kinds={w.name: w.kind for w in weights},
+        title=title,
+    )
+    plot_outlier_bars(stats, directory / files["outlier_pct"], threshold=threshold)
+    plot_change_score_bars(weights, directory / files["change_score"])
+    plot_sqnr_bars(weights, directory / files["sqnr"])
+    return dict(files)
