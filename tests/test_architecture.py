@@ -115,7 +115,7 @@ def test_the_library_never_imports_the_command_line():
 
 def test_the_walk_covers_the_library():
     names = {module_name(p) for p in library_modules()}
-    assert {"vitquant", "vitquant.pipeline", "vitquant.pipeline_steps"} <= names
+    assert {"vitquant", "vitquant.pipeline", "vitquant.pipeline.bound"} <= names
     assert not any(n.startswith("vitquant.cli") for n in names)
     assert "vitquant.__main__" not in names
 

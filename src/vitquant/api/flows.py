@@ -1,7 +1,7 @@
 """``vq.pipeline`` (the whole study), ``vq.compare`` (models side by side), ``vq.report`` (HTML).
 
 They call ``vitquant.pipeline.run_pipeline`` with the command's analysis and QAT steps
-(``vitquant.pipeline_steps``), ``vitquant.compare.profile_loaded`` per model, and
+(``vitquant.pipeline.bound``), ``vitquant.compare.profile_loaded`` per model, and
 ``vitquant.report.html.build_report`` on a folder of result files.
 """
 
@@ -54,7 +54,7 @@ def pipeline(
         row); ``to_dict()`` as ``pipeline.json``.
     """
     from vitquant.pipeline import PipelineConfig, run_pipeline
-    from vitquant.pipeline_steps import analysis_step, qat_step
+    from vitquant.pipeline.bound import analysis_step, qat_step
     from vitquant.registry import LoadedModel
 
     cfg = config or PipelineConfig()

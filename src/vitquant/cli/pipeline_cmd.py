@@ -129,7 +129,7 @@ def pipeline(
         limit=limit,
         seed=seed,
     )
-    from vitquant.pipeline_steps import analysis_step, qat_step
+    from vitquant.pipeline.bound import analysis_step, qat_step
 
     run = run_pipeline(
         loaded.model,

@@ -1,6 +1,6 @@
 """The pipeline's heavier steps, bound to a model and data: analysis and the QAT search.
 
-Kept apart from ``pipeline.py`` so the flow (decisions, final rule) reads on its own and these
+Kept apart from the steps (``steps.py``) so the flow (decisions, final rule) reads on its own and these
 steps can be swapped in tests.
 """
 
