@@ -1,7 +1,7 @@
 """The pipeline's heavier steps, bound to a model and data: analysis and the QAT search.
 
-Kept apart from the steps (``steps.py``) so the flow (decisions, final rule) reads on its own and these
-steps can be swapped in tests.
+Kept apart from the steps (``steps.py``) so the flow (decisions, final rule) reads on its
+own and these steps can be swapped in tests.
 """
 
 from __future__ import annotations
