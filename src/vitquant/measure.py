@@ -6,7 +6,8 @@ and hands it to one ``Measurer``. The measurer runs the candidate over each data
 times it on the same example batches as every other candidate, and builds its ``ResultRow``:
 
 - ``accuracy`` on the report split (``test`` when measured) and ``val_accuracy`` on ``val``;
-- ``agreement_fp32``: top-1 agreement with the fp32 PyTorch row on the report split;
+- ``agreement_fp32``: top-1 agreement with the fp32 PyTorch row on the report split (1.0 for
+  that row itself);
 - ``agreement_pt2e``: with the model the candidate was made from (``Candidate.twin``), e.g. an
   ONNX Runtime or ExecuTorch artifact against its PyTorch pt2e graph, or an inductor-lowered
   graph against its eager emulation;
@@ -34,6 +35,8 @@ from vitquant.evaluate import (
     set_threads,
 )
 from vitquant.results import RUNTIMES, ResultRow, ScoreWeights, finalize
+
+FP32 = ("fp32", "pytorch")  # the reference row: agreement_fp32 (1.0 for itself), drop, speedup
 
 
 @dataclass
@@ -173,7 +176,8 @@ class Measurer:
             raise VitquantError(f"{cand.variant}/{cand.backend} was already measured.")
         preds = self.predictions(cand.runner, f"{cand.variant} {cand.backend}")
         lat = self.latency(cand.runner)
-        fp32 = self.find("fp32", "pytorch")
+        fp32 = self.find(*FP32)
+        ref = fp32.preds if fp32 else preds if (cand.variant, cand.backend) == FP32 else None
         twin = self.find(*cand.twin) if cand.twin else None
         if cand.twin and twin is None:
             raise VitquantError(f"twin {cand.twin} of {cand.variant}/{cand.backend} not measured.")
@@ -190,7 +194,7 @@ class Measurer:
             n=len(preds[split]),
             split=split,
             val_accuracy=self.accuracy(preds["val"], "val") if "val" in preds else None,
-            agreement_fp32=_agree(preds[split], fp32.preds[split]) if fp32 else None,
+            agreement_fp32=_agree(preds[split], ref[split]) if ref else None,
             agreement_pt2e=_agree(preds[split], twin.preds[split]) if twin else None,
             int8_layers=_count(cand.int8_layers),
             float_layers=_count(cand.float_layers),
