@@ -1,5 +1,5 @@
 """The results row's JSON Schema: docs/results.md names exactly its fields, and the rows that
-`eval`, `quantize` and `bench` write validate against it."""
+`eval`, `quantize`, `bench`, `qat` and `pipeline` write validate against it."""
 
 from __future__ import annotations
 
@@ -65,10 +65,15 @@ def outputs(tmp_path_factory, digits_models) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run("bench", str(out / "q"), "--no-lower", "--limit", "60", "--threads", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    qat = ("qat", "digits_cnn", "--epochs", "1", "--train-limit", "128")
+    proc = run(*qat, *TINY, "--out", str(out / "qat"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
-@pytest.mark.parametrize("name", ["eval/eval.json", "q/quantize.json", "q/bench.json"])
+@pytest.mark.parametrize(
+    "name", ["eval/eval.json", "q/quantize.json", "q/bench.json", "qat/qat.json"]
+)
 def test_command_rows_validate_against_the_schema(outputs, name):
     doc = json.loads((outputs / name).read_text())
     validate_rows(doc["results"])
@@ -95,3 +100,11 @@ def test_quantize_rows_carry_the_new_fields(outputs):
         fp32["latency_ms_per_image_by_batch"][b] / ort["latency_ms_per_image"]
     )
     assert rows[("static", "pt2e-x86")]["agreement_pt2e"] is None
+
+
+def test_pipeline_rows_validate_against_the_schema(forced_qat_pipeline):
+    """The pipeline (with its QAT branch) still builds rows its own way; their extra keys are
+    enumerated in the schema too."""
+    doc = json.loads((forced_qat_pipeline / "pipeline" / "pipeline.json").read_text())
+    validate_rows(doc["results"])
+    assert doc["results"][-1]["variant"] == "qat"

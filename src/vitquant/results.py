@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from importlib import resources
 
 from vitquant.errors import VitquantError
@@ -24,11 +24,14 @@ RUNTIMES = ("pytorch", "onnxruntime", "executorch")
 
 @dataclass
 class ResultRow:
+    # The first four fields may be given by position; the rest only by keyword, so that a new
+    # field can never shift a positional argument into the wrong one.
     variant: str  # e.g. fp32, dynamic, static, static-ignore, static-auto, qat
     backend: str  # e.g. pytorch, pt2e-x86, onnxruntime, executorch-xnnpack
-    runtime: str = "pytorch"  # one of RUNTIMES: what executes the artifact
     accuracy: float = 0.0  # 0-1 on ``split``
     n: int = 0  # images the accuracy was measured on
+    _: KW_ONLY
+    runtime: str = "pytorch"  # one of RUNTIMES: what executes the artifact
     split: str = "test"  # the data role ``accuracy`` is measured on
     val_accuracy: float | None = None  # 0-1 on val, when the row was measured on val too
     drop_pts: float = 0.0  # (fp32 accuracy - accuracy) * 100
