@@ -70,7 +70,8 @@ class QuantizeJob:
         onnx: also export and quantize with ONNX Runtime.
         export: ``pte``: also lower each static variant to an ExecuTorch XNNPACK program and
             measure it (needs ``static.backend == "xnnpack"``); ``none``: no extra artifact.
-        lower: time x86 pt2e graphs after inductor lowering (else eager, ``simulated``).
+        lower: let the backend lower pt2e graphs (x86: inductor), which are then measured and
+            timed as lowered (else the eager emulation, ``simulated``).
         latency_batches: batch sizes timed; ``latency_batch`` is the one in the row.
         threads: intra-op threads for PyTorch and ONNX Runtime (None: all cores).
         weights: composite score weights.
