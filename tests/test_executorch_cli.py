@@ -58,9 +58,9 @@ def test_quantize_adds_a_pte_row_per_static_variant(quantized):
         # the row's accuracy is what the saved program scores when loaded again
         program = PteModel(pte["artifact"], threads=1)
         assert pte["accuracy"] == pytest.approx(accuracy(program, digits, "test", cnn.spec))
-        assert abs(pte["extra"]["vs_pytorch_pts"]) <= 0.6
-        assert pte["extra"]["pred_agreement"] >= 0.99
-        assert pte["extra"]["pytorch_backend"] == "pt2e-xnnpack"
+        assert abs(pte["accuracy"] - twin["accuracy"]) * 100 <= 0.6
+        assert pte["agreement_pt2e"] >= 0.99 and pte["runtime"] == "executorch"
+        assert pte["extra"]["twin"] == [variant, "pt2e-xnnpack"]
         assert pte["latency_ms_per_image"] > 0 and pte["latency_threads"] == 1
         assert not pte["simulated"] and twin["simulated"]  # emulation vs XNNPACK kernels
         assert pte["int8_layers"] == twin["int8_layers"]
@@ -203,7 +203,7 @@ def test_dynamic_with_xnnpack_is_the_quantizers_dynamic_config_lowered(tmp_path,
     pt2e, pte = rows[("dynamic", "pt2e-xnnpack")], rows[("dynamic", PTE)]
     assert pt2e["extra"]["int8"] == linears and pt2e["extra"]["float"] == ["patch_embed.proj"]
     assert pt2e["extra"]["config"]["is_dynamic"] is True
-    assert abs(pte["extra"]["vs_pytorch_pts"]) <= 0.6 and pte["extra"]["pred_agreement"] >= 0.99
+    assert abs(pte["accuracy"] - pt2e["accuracy"]) * 100 <= 0.6 and pte["agreement_pt2e"] >= 0.99
     # the saved dynamic graph and program reload and score the same
     proc = run("bench", str(out), "--threads", "1", "--no-lower")
     assert proc.returncode == 0, proc.stderr[-3000:]

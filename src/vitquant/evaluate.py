@@ -79,12 +79,17 @@ def file_size_mb(path: str | Path) -> float:
     return Path(path).stat().st_size / 2**20
 
 
-def state_dict_size_mb(model: nn.Module) -> float:
-    """MiB of ``torch.save(model.state_dict())`` - the size of the saved artifact."""
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())`` - the size of the saved artifact."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
         torch.save(model.state_dict(), path)
-        return file_size_mb(path)
+        return path.stat().st_size
+
+
+def state_dict_size_mb(model: nn.Module) -> float:
+    """MiB of ``torch.save(model.state_dict())`` - the size of the saved artifact."""
+    return state_dict_bytes(model) / 2**20
 
 
 def count_layers(model: nn.Module) -> int:

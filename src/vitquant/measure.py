@@ -6,7 +6,8 @@ and hands it to one ``Measurer``. The measurer runs the candidate over each data
 times it on the same example batches as every other candidate, and builds its ``ResultRow``:
 
 - ``accuracy`` on the report split (``test`` when measured) and ``val_accuracy`` on ``val``;
-- ``agreement_fp32``: top-1 agreement with the fp32 PyTorch row on the report split;
+- ``agreement_fp32``: top-1 agreement with the fp32 PyTorch row on the report split (1.0 for
+  that row itself);
 - ``agreement_pt2e``: with the model the candidate was made from (``Candidate.twin``), e.g. an
   ONNX Runtime or ExecuTorch artifact against its PyTorch pt2e graph, or an inductor-lowered
   graph against its eager emulation;
@@ -35,6 +36,8 @@ from vitquant.evaluate import (
 )
 from vitquant.results import RUNTIMES, ResultRow, ScoreWeights, finalize
 
+FP32 = ("fp32", "pytorch")  # the reference row: agreement_fp32 (1.0 for itself), drop, speedup
+
 
 @dataclass
 class Candidate:
@@ -47,11 +50,12 @@ class Candidate:
         runtime: what executes it, one of ``vitquant.results.RUNTIMES``.
         artifact: the saved file (its size is ``size_mb``); None: ``size_bytes`` is used.
         size_bytes: size when there is no file (e.g. an in-memory state dict).
-        int8_layers, float_layers: quantizable module names in int8 / kept in float.
+        int8_layers, float_layers: quantizable module names in int8 / kept in float (or their
+            counts, when only those are known, e.g. re-measuring a saved row).
         ignored: module names the user or a search kept in float.
         simulated: int8 arithmetic emulated (quantize/dequantize in fp32), not executed.
         twin: ``(variant, backend)`` of an already measured row this candidate was made from;
-            ``agreement_pt2e`` compares the two on the report split.
+            ``agreement_pt2e`` compares the two on the report split (``extra.twin`` names it).
         extra: backend-specific details (keys listed in ``results.schema.json``).
     """
 
@@ -61,8 +65,8 @@ class Candidate:
     runtime: str = "pytorch"
     artifact: str | Path | None = None
     size_bytes: int | None = None
-    int8_layers: Sequence[str] = ()
-    float_layers: Sequence[str] = ()
+    int8_layers: Sequence[str] | int = ()
+    float_layers: Sequence[str] | int = ()
     ignored: Sequence[str] = ()
     simulated: bool = False
     twin: tuple[str, str] | None = None
@@ -91,7 +95,8 @@ class Measurer:
             ``accuracy`` is on ``test`` when measured, else on the last role.
         latency_batches: batch sizes timed (empty: no timing).
         latency_batch: the batch whose latency is the row's ``latency_ms_per_image``.
-        threads: intra-op threads (None: all cores); the count in effect is in every row.
+        threads: intra-op threads (None: all cores, or under torchrun the count torchrun set);
+            the count in effect is in every timed row.
         progress: show a progress bar per candidate and role.
         ctx: a ``DistContext`` under torchrun: ranks share the images; rank 0 times.
         log: one line per measured row (None: silent).
@@ -122,7 +127,10 @@ class Measurer:
         self.data, self.spec, self.roles = data, spec, tuple(roles)
         self.split = "test" if "test" in self.roles else self.roles[-1]
         self.latency_batch = latency_batch
-        self.threads = set_threads(threads)
+        distributed = ctx is not None and ctx.world > 1
+        self.threads = (
+            torch.get_num_threads() if distributed and not threads else set_threads(threads)
+        )
         self.examples = {b: example_batch(data, spec, b) for b in sorted(set(latency_batches))}
         self.progress, self.ctx, self.log = progress, ctx, log
         self.measured: list[Measured] = []
@@ -168,7 +176,8 @@ class Measurer:
             raise VitquantError(f"{cand.variant}/{cand.backend} was already measured.")
         preds = self.predictions(cand.runner, f"{cand.variant} {cand.backend}")
         lat = self.latency(cand.runner)
-        fp32 = self.find("fp32", "pytorch")
+        fp32 = self.find(*FP32)
+        ref = fp32.preds if fp32 else preds if (cand.variant, cand.backend) == FP32 else None
         twin = self.find(*cand.twin) if cand.twin else None
         if cand.twin and twin is None:
             raise VitquantError(f"twin {cand.twin} of {cand.variant}/{cand.backend} not measured.")
@@ -185,10 +194,10 @@ class Measurer:
             n=len(preds[split]),
             split=split,
             val_accuracy=self.accuracy(preds["val"], "val") if "val" in preds else None,
-            agreement_fp32=_agree(preds[split], fp32.preds[split]) if fp32 else None,
+            agreement_fp32=_agree(preds[split], ref[split]) if ref else None,
             agreement_pt2e=_agree(preds[split], twin.preds[split]) if twin else None,
-            int8_layers=len(cand.int8_layers),
-            float_layers=len(cand.float_layers),
+            int8_layers=_count(cand.int8_layers),
+            float_layers=_count(cand.float_layers),
             size_mb=size_mb,
             latency_ms_per_image=lat[self.latency_batch][0] if lat else None,
             latency_spread_ms=lat[self.latency_batch][1] if lat else None,
@@ -199,7 +208,7 @@ class Measurer:
             simulated=cand.simulated,
             ignored=list(cand.ignored),
             artifact=str(cand.artifact) if cand.artifact is not None else None,
-            extra=dict(cand.extra),
+            extra=_extra(cand, twin),
         )
         self.measured.append(Measured(row=row, preds=preds))
         if self.log is not None:
@@ -213,6 +222,22 @@ class Measurer:
 
 def _agree(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a == b).float().mean().item() if len(a) else 0.0
+
+
+def _count(layers: Sequence[str] | int) -> int:
+    return layers if isinstance(layers, int) else len(layers)
+
+
+def _extra(cand: Candidate, twin: Measured | None) -> dict:
+    """The candidate's details, plus the twin compared with and the runtime's own thread
+    count (ONNX Runtime intra-op, ExecuTorch's XNNPACK pool) when the runner reports one."""
+    extra = dict(cand.extra)
+    if twin is not None:
+        extra["twin"] = [twin.row.variant, twin.row.backend]
+    threads = getattr(cand.runner, "threads", None) if cand.runtime != "pytorch" else None
+    if isinstance(threads, int):
+        extra["runtime_threads"] = threads
+    return extra
 
 
 def describe(row: ResultRow) -> str:

@@ -9,7 +9,13 @@ speedup relative to the fp32 row (see ``composite_score``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import functools
+import json
+from collections.abc import Iterable
+from dataclasses import KW_ONLY, asdict, dataclass, field
+from importlib import resources
+
+from vitquant.errors import VitquantError
 
 # Runtimes a row can run on: its fp32 row of the same runtime is the reference of
 # ``speedup_vs_fp32_same_runtime``. ``pytorch`` covers eager, pt2e emulation and inductor.
@@ -18,11 +24,14 @@ RUNTIMES = ("pytorch", "onnxruntime", "executorch")
 
 @dataclass
 class ResultRow:
+    # The first four fields may be given by position; the rest only by keyword, so that a new
+    # field can never shift a positional argument into the wrong one.
     variant: str  # e.g. fp32, dynamic, static, static-ignore, static-auto, qat
     backend: str  # e.g. pytorch, pt2e-x86, onnxruntime, executorch-xnnpack
-    runtime: str = "pytorch"  # one of RUNTIMES: what executes the artifact
     accuracy: float = 0.0  # 0-1 on ``split``
     n: int = 0  # images the accuracy was measured on
+    _: KW_ONLY
+    runtime: str = "pytorch"  # one of RUNTIMES: what executes the artifact
     split: str = "test"  # the data role ``accuracy`` is measured on
     val_accuracy: float | None = None  # 0-1 on val, when the row was measured on val too
     drop_pts: float = 0.0  # (fp32 accuracy - accuracy) * 100
@@ -106,3 +115,32 @@ def finalize(rows: list[ResultRow], weights: ScoreWeights = ScoreWeights()) -> l
         r.speedup_vs_fp32_same_runtime = _ratio(fp32_reference(rows, r.runtime), r)
         r.score = composite_score(r, ref, weights)
     return rows
+
+
+@functools.cache
+def schema() -> dict:
+    """The JSON Schema (draft 2020-12) of one results row: ``vitquant/results.schema.json``."""
+    return json.loads(resources.files("vitquant").joinpath("results.schema.json").read_text())
+
+
+def validate_rows(rows: Iterable[ResultRow | dict]) -> None:
+    """Check rows (``ResultRow`` s or their dicts, e.g. a file's ``results``) against the schema.
+
+    Raises:
+        VitquantError: naming each invalid row (``variant/backend``) and its first errors.
+    """
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema())
+    problems = []
+    for i, row in enumerate(rows):
+        data = row.to_dict() if isinstance(row, ResultRow) else row
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if errors:
+            name = f"{data.get('variant')}/{data.get('backend')}" if isinstance(data, dict) else i
+            where = [
+                f"{'.'.join(map(str, e.absolute_path)) or '(row)'}: {e.message}" for e in errors
+            ]
+            problems.append(f"row {i} ({name}): " + "; ".join(where[:3]))
+    if problems:
+        raise VitquantError("results rows do not match the schema: " + " | ".join(problems))

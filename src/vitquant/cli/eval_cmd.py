@@ -24,15 +24,9 @@ from vitquant.cli.options import (
     VerboseOpt,
 )
 from vitquant.distributed import dist_context
-from vitquant.evaluate import (
-    accuracy,
-    count_layers,
-    example_batch,
-    latency_ms_per_image,
-    set_threads,
-    state_dict_size_mb,
-)
-from vitquant.results import ResultRow
+from vitquant.evaluate import state_dict_bytes
+from vitquant.layers import quantizable_names
+from vitquant.measure import Candidate, Measurer
 
 
 @app.command("eval")
@@ -68,26 +62,30 @@ def eval_(
         seed=seed,
     )
     ctx = dist_context()  # under torchrun each rank tests its shard; rank 0 times and writes
-    n_threads = set_threads(threads) if ctx.world == 1 or threads else torch.get_num_threads()
-    acc = accuracy(loaded.model, bundle, "test", loaded.spec, progress="evaluating", ctx=ctx)
+    measurer = Measurer(
+        bundle,
+        loaded.spec,
+        roles=("test",),
+        latency_batches=sorted({1, 32, latency_batch}),
+        latency_batch=latency_batch,
+        # torchrun gives each rank its share of the cores: keep it unless --threads says otherwise
+        threads=threads if ctx.world == 1 or threads else torch.get_num_threads(),
+        progress=True,
+        ctx=ctx,
+        log=None,
+    )
+    measurer.measure(
+        Candidate(
+            variant="fp32",
+            backend="pytorch",
+            runner=loaded.model.eval(),
+            size_bytes=state_dict_bytes(loaded.model),
+            float_layers=quantizable_names(loaded.model),
+        )
+    )
     if not ctx.is_main:
         return
-    lat = {
-        b: latency_ms_per_image(loaded.model, example_batch(bundle, loaded.spec, b))
-        for b in sorted({1, 32, latency_batch})
-    }
-    row = ResultRow(
-        variant="fp32",
-        backend="pytorch",
-        accuracy=acc,
-        n=len(bundle.test_idx),
-        float_layers=count_layers(loaded.model),
-        size_mb=state_dict_size_mb(loaded.model),
-        latency_ms_per_image=lat[latency_batch],
-        latency_batch=latency_batch,
-        latency_threads=n_threads,
-        extra={"latency_ms_per_image_by_batch": {str(b): v for b, v in lat.items()}},
-    )
+    (row,) = measurer.finalize()
     payload = {
         "model": model,
         "checkpoint": loaded.checkpoint,
@@ -97,8 +95,8 @@ def eval_(
     }
     path = save_result(directory, "eval", payload)
     console.print(
-        f"{model} on {bundle.name} test ({row.n} images): accuracy [bold]{acc:.4f}[/], "
-        f"size {row.size_mb:.2f} MiB, latency {lat[latency_batch]:.3f} ms/img "
-        f"(batch {latency_batch}, {n_threads} threads)"
+        f"{model} on {bundle.name} test ({row.n} images): accuracy [bold]{row.accuracy:.4f}[/], "
+        f"size {row.size_mb:.2f} MiB, latency {row.latency_ms_per_image:.3f} ms/img "
+        f"(batch {latency_batch}, {row.latency_threads} threads)"
     )
     console.print(f"wrote {path}")

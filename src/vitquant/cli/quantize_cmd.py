@@ -270,8 +270,9 @@ def _print(rows: list[dict], title: str, result=None) -> None:
         console.print(f"[yellow]note:[/] {note}")
     console.print(
         f"latency: median after warm-up, {result.threads} thread(s) for PyTorch, ONNX Runtime "
-        "and ExecuTorch (XNNPACK pool); score = w_acc*acc + w_size*(1-size/size_fp32) + "
-        "w_speed*(1-lat/lat_fp32)"
+        "and ExecuTorch (XNNPACK pool); speedup = fp32 PyTorch eager latency / latency, "
+        "speedup rt = fp32 latency of the same runtime / latency (same batch); score = "
+        "w_acc*acc + w_size*(1-size/size_fp32) + w_speed*(1-lat/lat_fp32)"
     )
 
 

@@ -5,29 +5,35 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from vitquant.errors import VitquantError
+from vitquant.quant.backends import BACKENDS, get_backend, quantizers
 
 OBSERVERS = ("minmax", "moving_average", "histogram", "percentile")
-# pt2e quantizers (see vitquant.quant.pt2e.QUANTIZER_FACTORIES) and their default observers.
-BACKENDS = ("x86", "xnnpack")
-DEFAULT_OBSERVER = {"x86": "minmax", "xnnpack": "histogram"}
-EXPORTS = ("none", "pte")  # extra deployment artifact of the pt2e variants
+
+
+def exports() -> tuple[str, ...]:
+    """``--export`` values: ``none`` and every extra artifact a backend writes (``pte``)."""
+    return ("none", *dict.fromkeys(e for b in BACKENDS.values() for e in b.exports))
 
 
 def check_backend(backend: str) -> str:
-    """``backend`` if it is a known pt2e quantizer, else a ``VitquantError`` listing them."""
-    if backend not in BACKENDS:
-        raise VitquantError(f"unknown quantizer {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    """``backend`` if it is a registered pt2e quantizer, else a ``VitquantError`` listing them."""
+    if backend not in quantizers():
+        raise VitquantError(
+            f"unknown quantizer {backend!r}; choose one of {', '.join(quantizers())}."
+        )
     return backend
 
 
 def check_export(export: str, backend: str) -> str:
     """``export`` if it is known and fits ``backend``, else a ``VitquantError`` with the fix."""
-    if export not in EXPORTS:
-        raise VitquantError(f"unknown --export {export!r}; choose one of {', '.join(EXPORTS)}.")
-    if export == "pte" and backend != "xnnpack":
+    if export not in exports():
+        raise VitquantError(f"unknown --export {export!r}; choose one of {', '.join(exports())}.")
+    if export != "none" and export not in BACKENDS[check_backend(backend)].exports:
+        owners = [b for b in BACKENDS.values() if export in b.exports]
         raise VitquantError(
-            f"--export pte lowers to ExecuTorch's XNNPACK backend, which expects the XNNPACK "
-            f"quantizer's int8 graph; add --quantizer xnnpack (got --quantizer {backend})."
+            f"--export {export} writes the {owners[0].label} program, which expects the "
+            f"{owners[0].name} quantizer's int8 graph; add --quantizer {owners[0].name} "
+            f"(got --quantizer {backend})."
         )
     return export
 
@@ -63,7 +69,7 @@ class StaticPTQ:
     def __post_init__(self) -> None:
         check_backend(self.backend)
         if self.observer is None:  # frozen: resolve the backend's default once, here
-            object.__setattr__(self, "observer", DEFAULT_OBSERVER[self.backend])
+            object.__setattr__(self, "observer", get_backend(self.backend).default_observer)
         if self.observer not in OBSERVERS:
             raise VitquantError(
                 f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}."

@@ -18,12 +18,12 @@ from torch import nn
 
 from vitquant.errors import VitquantError
 from vitquant.evaluate import QUANTIZABLE
+from vitquant.quant.backends import get_backend
 from vitquant.quant.configs import DynamicPTQ
 from vitquant.quant.pt2e import (
     QuantizedModel,
     _scope,
     drop_unused_attributes,
-    edge_friendly_attention,
     export_model,
     make_quantizer,
     split_int8,
@@ -130,7 +130,7 @@ def quantize_dynamic_pt2e(
     scope = _scope(model, ignore)
     if example.shape[0] < 2:
         example = example.repeat(2, 1, 1, 1)
-    with edge_friendly_attention(model, backend):
+    with get_backend(backend).tracing(model):
         graph = export_model(model, example)
     quantizer = make_quantizer(
         backend=backend, per_channel=per_channel, is_dynamic=True, ignore=scope.modules

@@ -41,3 +41,29 @@ class PercentileObserver(MinMaxObserver):
             self.max_val.copy_((self.max_val * n + hi) / (n + 1))
         self.batches += 1
         return x_orig
+
+
+def observer_class(name: str, percentile: float = 99.99) -> tuple[type, dict]:
+    """The activation observer class of ``name`` and its extra constructor arguments.
+
+    ``minmax`` (running min/max), ``moving_average`` (EMA of per-batch min/max), ``histogram``
+    (torch's L2-error-minimising histogram search) or ``percentile`` (``PercentileObserver``).
+    """
+    from torchao.quantization.pt2e.observer import (
+        HistogramObserver,
+        MovingAverageMinMaxObserver,
+    )
+
+    from vitquant.errors import VitquantError
+
+    classes = {
+        "minmax": (MinMaxObserver, {}),
+        "moving_average": (MovingAverageMinMaxObserver, {}),
+        "histogram": (HistogramObserver, {}),
+        "percentile": (PercentileObserver, {"percentile": percentile}),
+    }
+    if name not in classes:
+        raise VitquantError(
+            f"unknown observer {name!r}; choose minmax, moving_average, histogram or percentile."
+        )
+    return classes[name]

@@ -4,15 +4,15 @@ convert), plus the graph inspection that says which layers really hold int8 weig
 A converted pt2e graph run eagerly *emulates* int8: it quantizes and dequantizes in fp32 around
 float kernels. ``lower`` compiles it with inductor (x86), which fuses the quantize/dequantize
 patterns into oneDNN int8 kernels (``vitquant.quant.lowered``); only that is timed as int8 speed.
+Each quantizer, and how the model is traced for it, comes from its backend
+(``vitquant.quant.backends``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +21,8 @@ from torch import nn
 from vitquant.data import DataBundle
 from vitquant.errors import VitquantError
 from vitquant.evaluate import QUANTIZABLE
-from vitquant.quant.configs import DEFAULT_OBSERVER, StaticPTQ
+from vitquant.quant.backends import get_backend
+from vitquant.quant.configs import StaticPTQ, check_backend
 from vitquant.quant.scope import IgnoreScope, ResolvedScope, resolve_modules
 
 # aten ops whose second argument is a weight: the ops a Linear/Conv module lowers to.
@@ -62,171 +63,7 @@ class QuantizedModel:
 
 
 # ---------------------------------------------------------------------------------------------
-# Quantizers: backend name -> factory (x86: torchao; xnnpack: ExecuTorch).
-
-
-def _observer(name: str, percentile: float = 99.99) -> tuple[type, dict]:
-    """The observer class of ``name`` and its extra constructor arguments."""
-    from torchao.quantization.pt2e.observer import (
-        HistogramObserver,
-        MinMaxObserver,
-        MovingAverageMinMaxObserver,
-    )
-
-    if name == "minmax":
-        return MinMaxObserver, {}
-    if name == "moving_average":
-        return MovingAverageMinMaxObserver, {}
-    if name == "histogram":
-        return HistogramObserver, {}
-    if name == "percentile":
-        from vitquant.quant.observers import PercentileObserver
-
-        return PercentileObserver, {"percentile": percentile}
-    raise VitquantError(
-        f"unknown observer {name!r}; choose minmax, moving_average, histogram or percentile."
-    )
-
-
-def quantization_config(
-    *,
-    per_channel: bool = True,
-    symmetric_activations: bool = False,
-    observer: str = "minmax",
-    percentile: float = 99.99,
-    is_qat: bool = False,
-    is_dynamic: bool = False,
-):
-    """A pt2e ``QuantizationConfig`` for int8 weights and (u)int8 activations.
-
-    Weights: int8 symmetric, per output channel (axis 0) or per tensor. Activations: uint8
-    asymmetric (x86 default) or int8 symmetric, range from ``observer``. QAT swaps observers for
-    fake-quantize modules (moving-average ranges); dynamic uses run-time activation ranges.
-    """
-    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
-    from torchao.quantization.pt2e.observer import (
-        MinMaxObserver,
-        MovingAverageMinMaxObserver,
-        MovingAveragePerChannelMinMaxObserver,
-        PerChannelMinMaxObserver,
-        PlaceholderObserver,
-    )
-    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
-
-    eps = 2**-12
-    if symmetric_activations:
-        act_kw = dict(
-            dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric
-        )
-    else:
-        act_kw = dict(
-            dtype=torch.uint8, quant_min=0, quant_max=255, qscheme=torch.per_tensor_affine
-        )
-    if is_dynamic:
-        act_ctr = PlaceholderObserver.with_args(eps=eps)
-    elif is_qat:
-        act_ctr = FusedMovingAvgObsFakeQuantize.with_args(
-            observer=MovingAverageMinMaxObserver, eps=eps
-        )
-    else:
-        obs_cls, obs_kw = _observer(observer, percentile)
-        act_ctr = obs_cls.with_args(eps=eps, **obs_kw)
-    act = QuantizationSpec(**act_kw, is_dynamic=is_dynamic, observer_or_fake_quant_ctr=act_ctr)
-
-    if per_channel:
-        w_kw = dict(qscheme=torch.per_channel_symmetric, ch_axis=0)
-        w_obs = MovingAveragePerChannelMinMaxObserver if is_qat else PerChannelMinMaxObserver
-    else:
-        w_kw = dict(qscheme=torch.per_tensor_symmetric)
-        w_obs = MovingAverageMinMaxObserver if is_qat else MinMaxObserver
-    if is_qat:
-        w_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, eps=eps)
-    else:
-        w_ctr = w_obs.with_args(eps=eps)
-    weight = QuantizationSpec(
-        dtype=torch.int8,
-        quant_min=-128,
-        quant_max=127,
-        is_dynamic=False,
-        observer_or_fake_quant_ctr=w_ctr,
-        **w_kw,
-    )
-    return QuantizationConfig(act, act, weight, None, is_qat)
-
-
-def _x86_quantizer(ignore: list[str], **options):
-    """torchao's ``X86InductorQuantizer`` with ``quantization_config(**options)``; ``ignore``
-    modules get ``set_module_name_qconfig(name, None)`` (left unannotated, so float)."""
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
-
-    quantizer = X86InductorQuantizer()
-    quantizer.set_global(quantization_config(**options))
-    for name in ignore:
-        quantizer.set_module_name_qconfig(name, None)
-    return quantizer
-
-
-def xnnpack_config(
-    *,
-    per_channel: bool = True,
-    symmetric_activations: bool = False,
-    observer: str = "histogram",
-    percentile: float = 99.99,
-    is_qat: bool = False,
-    is_dynamic: bool = False,
-):
-    """ExecuTorch's ``get_symmetric_quantization_config`` (the XNNPACK recipe of the study).
-
-    Weights: int8 symmetric in [-127, 127], per output channel or per tensor. Activations: int8
-    affine in [-128, 127] with a ``HistogramObserver`` (static), fake-quant (QAT) or run-time
-    ranges (dynamic). A static ``observer`` other than ``histogram`` swaps the activation
-    observer only; ``symmetric_activations`` pins the activation zero point to 0.
-    """
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        get_symmetric_quantization_config,
-    )
-
-    config = get_symmetric_quantization_config(
-        is_per_channel=per_channel, is_qat=is_qat, is_dynamic=is_dynamic
-    )
-    changes: dict = {}
-    if observer != "histogram" and not (is_qat or is_dynamic):
-        obs_cls, obs_kw = _observer(observer, percentile)
-        changes["observer_or_fake_quant_ctr"] = obs_cls.with_args(eps=2**-12, **obs_kw)
-    if symmetric_activations:
-        changes["qscheme"] = torch.per_tensor_symmetric
-    if changes:
-        act = dataclasses.replace(config.input_activation, **changes)
-        out = config.output_activation
-        config = dataclasses.replace(
-            config,
-            input_activation=act,
-            output_activation=dataclasses.replace(out, **changes) if out is not None else None,
-        )
-    return config
-
-
-def _xnnpack_quantizer(ignore: list[str], **options):
-    """ExecuTorch's ``XNNPACKQuantizer`` with ``xnnpack_config(**options)``.
-
-    ``XNNPACKQuantizer.set_module_name(name, None)`` is not supported (it asserts), so the
-    ignore list goes through its documented ``set_filter_function``: a node inside an ignored
-    module (torchao's ``get_module_name_filter``) is not annotated and stays in float - the same
-    effect ``set_module_name_qconfig(name, None)`` has on the x86 quantizer.
-    """
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
-    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
-
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_global(xnnpack_config(**options))
-    if ignore:
-        filters = [get_module_name_filter(name) for name in ignore]
-        quantizer.set_filter_function(lambda node: not any(f(node) for f in filters))
-    return quantizer
-
-
-# name -> factory(ignored module names, **options of make_quantizer) -> Quantizer
-QUANTIZER_FACTORIES: dict[str, Callable] = {"x86": _x86_quantizer, "xnnpack": _xnnpack_quantizer}
+# Quantizers: each backend of ``vitquant.quant.backends`` makes its own.
 
 
 def make_quantizer(
@@ -243,57 +80,29 @@ def make_quantizer(
     """A pt2e ``Quantizer`` for ``backend`` that keeps the ``ignore`` modules in float.
 
     Args:
-        backend: a key of ``QUANTIZER_FACTORIES``: ``x86`` (torchao's ``X86InductorQuantizer``,
-            uint8 asymmetric activations, see ``quantization_config``) or ``xnnpack``
-            (ExecuTorch's ``XNNPACKQuantizer``, see ``xnnpack_config``).
+        backend: a pt2e backend of ``vitquant.quant.backends``: ``x86`` (torchao's
+            ``X86InductorQuantizer``, uint8 asymmetric activations) or ``xnnpack`` (ExecuTorch's
+            ``XNNPACKQuantizer``, int8 activations).
         per_channel, symmetric_activations, observer, percentile, is_qat, is_dynamic: the
-            recipe; ``observer`` None is the backend's default (``DEFAULT_OBSERVER``).
+            recipe; ``observer`` None is the backend's ``default_observer``.
         ignore: resolved module names (see ``IgnoreScope.resolve``) to leave unannotated.
     """
-    factory = QUANTIZER_FACTORIES.get(backend)
-    if factory is None:
-        raise VitquantError(
-            f"unknown quantizer {backend!r}; choose one of {', '.join(QUANTIZER_FACTORIES)}."
-        )
-    if backend == "xnnpack":
-        _require_executorch()
-    return factory(
+    target = get_backend(check_backend(backend))
+    return target.make_quantizer(
         list(ignore),
         per_channel=per_channel,
         symmetric_activations=symmetric_activations,
-        observer=observer or DEFAULT_OBSERVER[backend],
+        observer=observer or target.default_observer,
         percentile=percentile,
         is_qat=is_qat,
         is_dynamic=is_dynamic,
     )
 
 
-@contextlib.contextmanager
 def edge_friendly_attention(model: nn.Module, backend: str):
-    """For ``xnnpack``, trace timm attention through its explicit ``q @ k^T -> softmax -> @ v``
-    path instead of fused SDPA; yields the number of blocks switched (0 for other backends).
-
-    The math is the same, but SDPA's decomposition adds -inf masking ops (``eq``, ``logical_not``,
-    ``any``, ``where``, ``full_like``) that XNNPACK does not lower: on ``cifar_vit`` they left 72
-    portable ops per image and doubled the ``.pte`` latency. x86 keeps SDPA (inductor fuses it).
-    """
-    if backend != "xnnpack":
-        yield 0
-        return
-    from vitquant.analysis.hooks import attention_modules, unfused_attention
-
-    with unfused_attention(model):
-        yield len(attention_modules(model))
-
-
-def _require_executorch() -> None:
-    try:
-        import executorch  # noqa: F401
-    except ImportError as exc:
-        raise VitquantError(
-            "--quantizer xnnpack needs ExecuTorch: pip install executorch==1.5.1 "
-            "(`make setup` installs it)."
-        ) from exc
+    """The context ``backend`` traces ``model`` in (``Backend.tracing``); yields the number of
+    modules traced differently, e.g. xnnpack's attention blocks without fused SDPA."""
+    return get_backend(backend).tracing(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +247,7 @@ def quantize_static(
     if example.shape[0] < 2:
         example = example.repeat(2, 1, 1, 1)
     notes = list(scope.notes)
-    with edge_friendly_attention(model, cfg.backend) as n_unfused:
+    with get_backend(cfg.backend).tracing(model) as n_unfused:
         graph = export_model(model, example)
     if n_unfused:
         notes.append(

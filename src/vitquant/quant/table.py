@@ -1,6 +1,8 @@
 """Results rows -> the table every quantize/bench run prints and saves (CSV and Markdown).
 
-Pure formatting: the numbers come from ``vitquant.results.ResultRow`` dicts.
+Pure formatting: the numbers come from ``vitquant.results.ResultRow`` dicts. ``speedup`` is
+``speedup_vs_fp32_eager`` (vs the fp32 PyTorch eager row), ``speedup rt``
+``speedup_vs_fp32_same_runtime`` (vs the fp32 row of the row's own runtime, e.g. ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ COLUMNS = (
     ("size MiB", "size_mb", "{:.3f}"),
     ("ms/img b1", "lat_1", "{:.3f}"),
     ("ms/img b32", "lat_32", "{:.3f}"),
-    ("speedup", "speedup", "{:.2f}x"),
+    ("speedup", "speedup_eager", "{:.2f}x"),
+    ("speedup rt", "speedup_runtime", "{:.2f}x"),
     ("score", "score", "{:.4f}"),
     ("simulated", "simulated", "{}"),
     ("ignored", "ignored", "{}"),
@@ -29,7 +32,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
     """Flatten result dicts into the table's cells (raw values; None when unknown)."""
     out = []
     for r in rows:
-        by_batch = (r.get("extra") or {}).get("latency_ms_per_image_by_batch", {})
+        by_batch = r.get("latency_ms_per_image_by_batch") or {}
         ignored = r.get("ignored") or []
         more = f" +{len(ignored) - 4}" if len(ignored) > 4 else ""
         out.append(
@@ -42,7 +45,8 @@ def table_rows(rows: list[dict]) -> list[dict]:
                 "size_mb": r.get("size_mb"),
                 "lat_1": by_batch.get("1"),
                 "lat_32": by_batch.get("32"),
-                "speedup": r.get("speedup"),
+                "speedup_eager": r.get("speedup_vs_fp32_eager"),
+                "speedup_runtime": r.get("speedup_vs_fp32_same_runtime"),
                 "score": r.get("score"),
                 "simulated": "yes" if r.get("simulated") else "no",
                 "ignored": ", ".join(ignored[:4]) + more,

@@ -21,6 +21,8 @@ ROW_COLUMNS = (
     ("size_mb", "size MiB"),
     ("latency_ms_per_image", "ms/img"),
     ("speedup_vs_fp32_eager", "speedup vs fp32 eager"),
+    ("speedup_vs_fp32_same_runtime", "speedup vs fp32 same runtime"),
+    ("agreement_pt2e", "agreement with twin"),
     ("score", "score"),
     ("simulated", "simulated"),
 )
