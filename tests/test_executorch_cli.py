@@ -126,10 +126,8 @@ def test_qat_with_xnnpack_deploys_a_pte(tmp_path, digits_models):
     assert set(rows) == {"pytorch", "pt2e-xnnpack", PTE}
     assert doc["config"]["backend"] == "xnnpack" and doc["artifacts"]["pte"]
     pte = rows[PTE]
-    assert pte["extra"]["pred_agreement_vs_pt2e"] >= 0.99
-    assert pte["accuracy"] == pytest.approx(
-        pte["extra"]["vs_pytorch_pts"] / 100 + rows["pt2e-xnnpack"]["accuracy"], abs=1e-6
-    )
+    assert pte["agreement_pt2e"] >= 0.99 and pte["extra"]["twin"] == ["qat", "pt2e-xnnpack"]
+    assert pte["runtime"] == "executorch" and pte["extra"]["runtime_threads"] == 1
     program = PteModel(doc["artifacts"]["pte"])
     cnn = load_model("digits_cnn")
     assert pte["accuracy"] == pytest.approx(

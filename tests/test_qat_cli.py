@@ -14,6 +14,7 @@ from vitquant.quant.artifacts import load_pt2e
 from vitquant.quant.onnx_backend import OrtModel
 from vitquant.quant.pt2e import split_int8
 from vitquant.registry import load_model
+from vitquant.results import validate_rows
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -76,6 +77,9 @@ def test_qat_writes_results_and_deployable_artifacts(tmp_path, digits_models):
     ort = OrtModel(result["artifacts"]["onnx"], threads=1)
     assert accuracy(ort, bundle, "test", loaded.spec) == pytest.approx(ort_row["accuracy"])
     assert abs(ort_row["accuracy"] - qat_row["accuracy"]) <= 0.02
+    assert ort_row["agreement_pt2e"] >= 0.95 and ort_row["extra"]["twin"] == ["qat", "pt2e-x86"]
+    assert result["test_acc"] == qat_row["accuracy"]
+    validate_rows(result["results"])
     assert (out / "qat_int8_accuracy.png").stat().st_size > 0
 
     again = run(*args)

@@ -135,14 +135,6 @@ def median_and_spread(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), q3 - q1
 
 
-def latency_ms_per_image(
-    fn: Callable[[torch.Tensor], object], example: torch.Tensor, **kw
-) -> float:
-    """Median wall time of ``fn(example)`` per image after warm-up (``kw``: ``latency_samples``'s
-    options); the median is robust to the odd slow run on a shared machine."""
-    return statistics.median(latency_samples(fn, example, **kw))
-
-
 def example_batch(bundle: DataBundle, spec, batch: int) -> torch.Tensor:
     x, _ = next(bundle.batches("test", spec, batch_size=batch))
     if x.shape[0] < batch:  # tiny test sets: repeat to the batch size

@@ -17,11 +17,19 @@ from vitquant.api.results import Evaluation
 from vitquant.api.setup import Setup, roles_present, setup
 from vitquant.errors import VitquantError
 
-# runner class -> (row backend, runtime)
-RUNTIME_BACKENDS = {
-    "OrtModel": ("onnxruntime", "onnxruntime"),
-    "PteModel": ("executorch-xnnpack", "executorch"),
-}
+
+def artifact_backend(model):
+    """The backend whose runtime runs ``model``, a runner ``load_artifact`` returned for one of
+    its files (ONNX Runtime, ExecuTorch), known by the file's suffix; else None."""
+    from vitquant.quant.backends import BACKENDS
+
+    path = getattr(model, "path", None)
+    if path is None or isinstance(model, nn.Module):
+        return None
+    suffix = Path(path).suffix
+    return next(
+        (b for b in BACKENDS.values() if b.runtime != "pytorch" and b.suffix == suffix), None
+    )
 
 
 def float_candidate(model, *, variant: str = "fp32"):
@@ -48,13 +56,12 @@ def candidate_of(model, *, variant: str | None = None, twin: tuple[str, str] | N
         cand = model.candidate()
         cand.variant = variant or cand.variant
         return cand
-    kind = RUNTIME_BACKENDS.get(type(model).__name__)
-    if kind is not None:
-        backend, runtime = kind
+    target = artifact_backend(model)
+    if target is not None:
         return Candidate(
             variant=variant or "model",
-            backend=backend,
-            runtime=runtime,
+            backend=target.label,
+            runtime=target.runtime,
             runner=model,
             artifact=Path(model.path),
             twin=twin,

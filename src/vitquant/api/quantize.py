@@ -73,7 +73,10 @@ class Quantized(Result):
     @property
     def simulated(self) -> bool:
         """pt2e graphs run eagerly emulate int8 (quantize/dequantize around float kernels)."""
-        return self.backend.startswith("pt2e")
+        from vitquant.quant.backends import backend_for_label
+
+        target = backend_for_label(self.backend)
+        return target is not None and self.backend == target.graph_label
 
     def to_dict(self) -> dict:
         """``quantize.json``'s fields for this one variant: head, config, rows, ignore list."""
@@ -106,7 +109,7 @@ class Quantized(Result):
             The written file.
         """
         path = Path(path)
-        graph = self.backend.startswith("pt2e")
+        graph = self.simulated
         if self.example is None and path.suffix != ".pt":
             raise VitquantError(
                 "exporting needs an example input: quantize with calibration= or test= batches."
@@ -122,16 +125,21 @@ class Quantized(Result):
         if path.suffix == ".onnx":
             return self._export_onnx(path, graph)
         if path.suffix == ".pte":
-            if self.backend != "pt2e-xnnpack":
+            from vitquant.quant.backends import BACKENDS, backend_for_label
+            from vitquant.quant.pt2e import QuantizedModel
+
+            pte = next(b for b in BACKENDS.values() if b.suffix == ".pte")
+            if backend_for_label(self.backend) is not pte:
                 raise VitquantError(
                     f".pte programs run int8 on ExecuTorch's XNNPACK backend, which takes the "
-                    f"XNNPACK quantizer's graph; this model is {self.backend}. Quantize with "
-                    "StaticPTQ(backend='xnnpack') (or DynamicPTQ() with backend='xnnpack')."
+                    f"{pte.name} quantizer's graph; this model is {self.backend}. Quantize with "
+                    f"StaticPTQ(backend='{pte.name}') (or DynamicPTQ() with backend='{pte.name}')."
                 )
-            from vitquant.quant.executorch_backend import export_pte
-
-            exported = export_pte(self.module, self.example, path, max_batch=max_batch)
-            self.notes.append(f"{path.name}: {exported.note()}")
+            qm = QuantizedModel(
+                self.module, self.int8_layers, self.float_layers, self.ignored, example=self.example
+            )
+            exported = pte.export(qm, path, max_batch=max_batch)
+            self.notes.append(f"{path.name}: {exported.note}")
             return exported.path
         kinds = ".pt2, .onnx, .pte" if graph else ".pt, .onnx"
         raise VitquantError(f"cannot export {self.backend} to {path.name}; use {kinds}.")
@@ -239,7 +247,12 @@ def quantize(
         )
     if backend is not None and not isinstance(config, DynamicPTQ):
         raise VitquantError("backend= is for DynamicPTQ; StaticPTQ(backend=...) picks its own.")
-    eager = isinstance(config, DynamicPTQ) and backend in (None, "x86")
+    from vitquant.quant.backends import get_backend
+
+    # the backend's dynamic rows labelled "pytorch" run PyTorch's eager dynamic int8: no export,
+    # so no example input is needed
+    dyn = get_backend(backend or "x86")
+    eager = isinstance(config, DynamicPTQ) and dyn.dynamic_label == "pytorch"
     s = setup(
         model,
         data=data,
@@ -273,8 +286,8 @@ def _example(s: Setup) -> torch.Tensor | None:
 
 
 def _quantize_one(s: Setup, config, *, ignore, backend: str | None) -> Quantized:
+    from vitquant.quant.backends import get_backend
     from vitquant.quant.configs import StaticPTQ
-    from vitquant.quant.dynamic import quantize_dynamic, quantize_dynamic_pt2e
     from vitquant.quant.pt2e import quantize_static
     from vitquant.quant.scope import ResolvedScope
 
@@ -283,20 +296,18 @@ def _quantize_one(s: Setup, config, *, ignore, backend: str | None) -> Quantized
     if isinstance(config, StaticPTQ):
         s.require("calib", why="static PTQ")
         qm = quantize_static(s.model, s.data, s.spec, config, ignore=scope)
-        variant, label = "static", f"pt2e-{config.backend}"
-    elif backend in (None, "x86"):
-        qm = quantize_dynamic(s.model, config, ignore=scope)
-        qm.example = _example(s) if s.data is not None else None
-        variant, label = "dynamic", "pytorch"
+        variant, label = "static", get_backend(config.backend).graph_label
     else:
+        dyn = get_backend(backend or "x86")
         example = _example(s) if s.data is not None else None
-        if example is None:
+        if example is None and dyn.dynamic_label != "pytorch":
             raise VitquantError(
                 "dynamic pt2e quantization exports the model: pass calibration= (or test=) "
                 "batches so it has an example input."
             )
-        qm = quantize_dynamic_pt2e(s.model, example, backend=backend, ignore=scope)
-        variant, label = "dynamic", f"pt2e-{backend}"
+        qm = dyn.quantize_dynamic(s.model, example=example, cfg=config, ignore=scope)
+        qm.example = example
+        variant, label = "dynamic", dyn.dynamic_label
     head = s.describe() if s.data is not None else {"model": s.name, "checkpoint": s.checkpoint}
     return Quantized(
         payload={
@@ -369,16 +380,10 @@ def load_artifact(path: str | Path, *, threads: int | None = None):
     path = Path(path)
     if not path.is_file():
         raise VitquantError(f"{path} does not exist.")
-    if path.suffix == ".onnx":
-        from vitquant.quant.onnx_backend import OrtModel
+    from vitquant.quant.backends import BACKENDS
 
-        return OrtModel(path, threads=threads)
-    if path.suffix == ".pte":
-        from vitquant.quant.executorch_backend import PteModel
-
-        return PteModel(path, threads=threads)
-    if path.suffix == ".pt2":
-        from vitquant.quant.artifacts import load_pt2e
-
-        return load_pt2e(path)
-    raise VitquantError(f"cannot load {path.name}: use a .onnx, .pte or .pt2 file.")
+    loader = next((b for b in BACKENDS.values() if b.suffix == path.suffix), None)
+    if loader is None:
+        kinds = ", ".join(dict.fromkeys(b.suffix for b in BACKENDS.values()))
+        raise VitquantError(f"cannot load {path.name}: use a {kinds} file.")
+    return loader.load(path, threads=threads)

@@ -1,11 +1,12 @@
 """What the steps share - the model, the data, one ``Measurer`` - and how a step's model becomes
 a measured row: saved to ``artifacts/``, described as a ``Candidate``, measured on val and test.
 
-x86 pt2e graphs are measured as the inductor-lowered model (``LoweredModel``: the int8 kernels
-that deploy, ~10x faster than the eager emulation at 224 px) and fall back to the eager graph,
-marked ``simulated``, when inductor cannot compile them; other pt2e graphs are the eager
+Saving, lowering and exporting go through the quantizer's backend (``vitquant.quant.backends``):
+x86 pt2e graphs are measured as the inductor-lowered model (``X86Backend.lower``: the int8
+kernels that deploy, ~10x faster than the eager emulation at 224 px) and fall back to the eager
+graph, marked ``simulated``, when inductor cannot compile them; other pt2e graphs are the eager
 emulation (``simulated``). With ``export="pte"`` each pt2e graph waits in ``pending_pte`` for
-its ExecuTorch twin (``measure_pte``).
+its ExecuTorch twin (``measure_pte``, ``XnnpackBackend.export``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vitquant.pipeline.config import PipelineConfig
 from vitquant.results import ResultRow
 
 if TYPE_CHECKING:  # quant.pt2e imports torchao: loaded when a step quantizes, not on import
+    from vitquant.quant.backends import Backend
     from vitquant.quant.pt2e import QuantizedModel
 
 
@@ -43,7 +45,7 @@ class Context:
         significant: quantizable layers owning significant outlier points (analysis step).
         static_model: the all-int8 static model (static step), step 0 of the ignore search.
         choice: the final choice (final step).
-        pending_pte: variant -> (pt2e candidate, graph, example) awaiting its ``.pte`` twin.
+        pending_pte: variant -> (pt2e candidate, ``QuantizedModel``) awaiting its ``.pte`` twin.
     """
 
     model: nn.Module
@@ -68,15 +70,20 @@ class Context:
         self.artifacts = self.out / "artifacts"
 
     @property
-    def lowers(self) -> bool:
-        """Whether pt2e graphs are measured after inductor lowering (x86 and ``cfg.lower``)."""
-        from vitquant.quant.lowered import inductor_lowers
+    def backend(self) -> Backend:
+        """The quantizer's backend (``cfg.backend``): saves, lowers and exports every variant."""
+        from vitquant.quant.backends import get_backend
 
-        return self.cfg.lower and inductor_lowers(self.cfg.backend)
+        return get_backend(self.cfg.backend)
+
+    @property
+    def lowers(self) -> bool:
+        """Whether pt2e graphs are measured lowered (``Backend.lowers`` and ``cfg.lower``)."""
+        return self.cfg.lower and self.backend.lowers
 
     @property
     def pt2e_backend(self) -> str:
-        return f"pt2e-{self.cfg.backend}"
+        return self.backend.graph_label
 
     @property
     def static_cfg(self):
@@ -127,119 +134,110 @@ class Context:
         )
         return self.measurer.measure(cand)
 
-    def measure_pt2e(
+    def measure_quantized(
         self,
         variant: str,
         qm: QuantizedModel | torch.fx.GraphModule,
         *,
+        dynamic: bool = False,
         int8_layers: list[str] | None = None,
         float_layers: list[str] | None = None,
         ignored: list[str] | None = None,
         extra: dict | None = None,
     ) -> ResultRow:
-        """Save the converted graph as ``<variant>.pt2`` and measure it (lowered on x86).
+        """Save ``qm`` (``Backend.save``: ``<variant>.pt2``, or ``.pt`` for an eager dynamic
+        model) and measure the runner ``Backend.lower`` gives (x86: inductor-lowered).
 
-        Layer lists default to ``qm``'s own (a ``QuantizedModel``).
+        Args:
+            variant: the row's variant, also the file stem.
+            qm: a ``QuantizedModel`` or a converted graph.
+            dynamic: a dynamic int8 model (row label ``Backend.dynamic_label``).
+            int8_layers, float_layers, ignored: default to ``qm``'s own.
+            extra: more details for the row.
         """
-        from vitquant.quant.artifacts import save_pt2e
         from vitquant.quant.pt2e import QuantizedModel
 
-        graph = qm.module if isinstance(qm, QuantizedModel) else qm
-        example = qm.example if isinstance(qm, QuantizedModel) else None
-        example = self.example() if example is None else example
-        path = save_pt2e(graph, example, self.artifacts / f"{variant}.pt2")
-        runner, extra = graph, dict(extra or {})
-        lowered = None
-        if self.lowers:
-            lowered, lowering = lowered_runner(graph, self.measurer.examples[32], self.log)
-            extra.update(lowering)
-        if lowered is not None:
-            runner = lowered
-        else:
-            extra["accuracy_on"] = "eager emulation (quantize/dequantize in fp32)"
+        if not isinstance(qm, QuantizedModel):
+            qm = QuantizedModel(qm, [], [], [], example=self.example())
+        elif qm.example is None:
+            qm.example = self.example()
+        backend = self.backend
+        path = backend.save(qm, self.artifacts / variant)
+        lowered = backend.lower(qm.module, enabled=self.lowers, probe=self.measurer.examples[32])
+        extra = {**(extra or {}), **lowered.extra}
+        if "lowering_error" in lowered.extra:
+            self.log(f"inductor could not lower {variant} ({lowered.extra['lowering_error']})")
+        graph = isinstance(qm.module, torch.fx.GraphModule)
+        if graph:
+            extra["accuracy_on"] = (
+                "eager emulation (quantize/dequantize in fp32)"
+                if lowered.simulated
+                else "inductor-lowered int8 kernels"
+            )
         cand = Candidate(
             variant=variant,
-            backend=self.pt2e_backend,
-            runner=runner,
+            backend=backend.dynamic_label if dynamic else backend.graph_label,
+            runner=lowered.runner,
             artifact=path,
             int8_layers=qm.int8_layers if int8_layers is None else int8_layers,
             float_layers=qm.float_layers if float_layers is None else float_layers,
             ignored=qm.ignored if ignored is None else ignored,
-            simulated=lowered is None,
+            simulated=lowered.simulated,
             extra=extra,
         )
         try:
             row = self.measurer.measure(cand)
         finally:
-            if lowered is not None:
+            if self.lowers:
                 torch._dynamo.reset()  # free the compiled graphs before the next variant
-        if self.cfg.export == "pte":
-            self.pending_pte[variant] = (cand, graph, example)
+        if graph and self.cfg.export in backend.exports:
+            self.pending_pte[variant] = (cand, qm)
         return row
 
     def measure_pte(self, variant: str):
-        """Lower the pending pt2e graph of ``variant`` to an XNNPACK ``.pte`` and measure it
-        with ExecuTorch's runtime; returns ``(row, PteExport)``."""
-        from vitquant.quant.executorch_backend import BACKEND, PteModel, export_pte
+        """Export the pending pt2e graph of ``variant`` with the backend (``Backend.export``:
+        the XNNPACK ``.pte``) and measure it in its runtime; returns ``(row, Exported)``."""
+        from vitquant.quant.pt2e import QuantizedModel
 
-        cand, graph, example = self.pending_pte.pop(variant)
-        exported = export_pte(graph, example, self.artifacts / f"{variant}.pte")
-        runner = PteModel(exported.path, threads=self.measurer.threads)
+        cand, qm = self.pending_pte.pop(variant)
+        qm = QuantizedModel(
+            qm.module,
+            list(cand.int8_layers),
+            list(cand.float_layers),
+            list(cand.ignored),
+            example=qm.example,
+        )
+        backend = self.backend
+        exported = backend.export(qm, self.artifacts / f"{variant}{backend.suffix}")
+        extra = dict(exported.extra)
+        if exported.note:
+            extra["lowering_note"] = exported.note
         twin = Candidate(
             variant=variant,
-            backend=BACKEND,
-            runner=runner,
-            runtime="executorch",
+            backend=backend.label,
+            runner=backend.load(exported.path, threads=self.measurer.threads),
+            runtime=backend.runtime,
             artifact=exported.path,
-            int8_layers=cand.int8_layers,
-            float_layers=cand.float_layers,
-            ignored=cand.ignored,
+            int8_layers=exported.int8_layers,
+            float_layers=exported.float_layers,
+            ignored=exported.ignored,
             twin=(variant, cand.backend),
-            extra={
-                "lowering": exported.to_dict(),
-                "lowering_note": exported.note(),
-                "runtime_threads": runner.threads,
-            },
+            extra=extra,
         )
         return self.measurer.measure(twin), exported
 
     def search_val_accuracy(self, qm: QuantizedModel) -> float:
-        """Val accuracy of one ignore-list search step: on the lowered model when x86 lowers
-        (as its row would be measured), else on the eager graph. Not a row: only a choice."""
+        """Val accuracy of one ignore-list search step: on the lowered model when the backend
+        lowers (as its row would be measured), else on the eager graph. Not a row: a choice."""
         from vitquant.evaluate import accuracy
 
         if self.lowers:
-            from vitquant.quant.lowered import LoweredModel
-
+            lowered = self.backend.lower(qm.module)
             try:
-                return accuracy(LoweredModel(qm), self.bundle, "val", self.spec)
+                if not lowered.simulated:
+                    return accuracy(lowered.runner, self.bundle, "val", self.spec)
             except Exception:  # no compiler, unsupported pattern: the emulation below
                 pass
             finally:
                 torch._dynamo.reset()
         return accuracy(qm.module, self.bundle, "val", self.spec)
-
-
-def lowered_runner(graph: torch.fx.GraphModule, example: torch.Tensor, log: Callable[[str], None]):
-    """``(LoweredModel or None, extra)`` for an x86 pt2e graph.
-
-    ``extra`` holds ``accuracy_on`` and ``lowered_vs_eager_agreement`` - the share of
-    ``example`` on which the lowered model's argmax equals the eager emulation's (the two
-    compute the same int8 arithmetic up to rounding order) - or ``lowering_error`` when inductor
-    cannot compile the graph (the caller then measures the emulation, ``simulated``).
-    """
-    from vitquant.quant.lowered import LoweredModel
-
-    try:
-        lowered = LoweredModel(graph)
-        with torch.no_grad():
-            agree = (lowered(example).argmax(1) == graph(example).argmax(1)).float().mean().item()
-    except Exception as exc:  # no compiler, an unsupported pattern, ...
-        message = str(exc).splitlines()[0][:300] if str(exc) else ""
-        log(f"inductor could not lower this variant ({type(exc).__name__}): eager emulation")
-        torch._dynamo.reset()
-        return None, {"lowering_error": f"{type(exc).__name__}: {message}"}
-    return lowered, {
-        "accuracy_on": "inductor-lowered int8 kernels",
-        "lowered_vs_eager_agreement": agree,
-    }

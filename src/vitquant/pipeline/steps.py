@@ -94,7 +94,7 @@ def static(ctx: Context) -> StepResult:
 
     qm = quantize_static(ctx.model, ctx.bundle, ctx.spec, ctx.static_cfg)
     ctx.static_model = qm
-    row = ctx.measure_pt2e("static", qm)
+    row = ctx.measure_quantized("static", qm)
     return _variant(ctx, "static", row, "quantized every layer to int8", _budget(ctx, row))
 
 
@@ -108,7 +108,7 @@ def static_ignore(ctx: Context) -> StepResult:
             Decision("static-ignore", "skipped", "no layer has significant outliers", "skip")
         )
     qm = quantize_static(ctx.model, ctx.bundle, ctx.spec, ctx.static_cfg, ignore=sig)
-    row = ctx.measure_pt2e("static-ignore", qm)
+    row = ctx.measure_quantized("static-ignore", qm)
     static_row = ctx.measurer.find("static", ctx.pt2e_backend).row
     result = _variant(
         ctx,
@@ -180,7 +180,7 @@ def static_auto(ctx: Context) -> StepResult:
             Decision("static-auto", "no layer to keep in float", f"{why}; the ranking is empty"),
             record=record,
         )
-    row = ctx.measure_pt2e("static-auto", auto.model, extra={"auto_steps": auto.steps})
+    row = ctx.measure_quantized("static-auto", auto.model, extra={"auto_steps": auto.steps})
     missed = "" if auto.met else " - budget not met even so"
     result = _variant(
         ctx,
@@ -195,25 +195,13 @@ def static_auto(ctx: Context) -> StepResult:
 
 
 def dynamic(ctx: Context) -> StepResult:
-    """Dynamic int8 of the Linear layers: PyTorch's eager dynamic on x86, else the quantizer's
-    own pt2e dynamic config (lowered like the rest)."""
-    from vitquant.quant.configs import DynamicPTQ
-    from vitquant.quant.dynamic import quantize_dynamic, quantize_dynamic_pt2e
-
-    if ctx.cfg.backend == "x86":
-        dq = quantize_dynamic(ctx.model, DynamicPTQ())
-        row = ctx.measure_eager(
-            "dynamic",
-            "pytorch-dynamic",
-            dq.module,
-            int8_layers=dq.int8_layers,
-            float_layers=dq.float_layers,
-        )
-    else:
-        dq = quantize_dynamic_pt2e(
-            ctx.model, ctx.example(), backend=ctx.cfg.backend, per_channel=ctx.cfg.per_channel
-        )
-        row = ctx.measure_pt2e("dynamic", dq)
+    """Dynamic int8 of the Linear layers, the backend's own path (``Backend.quantize_dynamic``:
+    PyTorch's eager dynamic on x86, else the quantizer's pt2e dynamic config, lowered like the
+    rest)."""
+    dq = ctx.backend.quantize_dynamic(
+        ctx.model, example=ctx.example(), per_channel=ctx.cfg.per_channel
+    )
+    row = ctx.measure_quantized("dynamic", dq, dynamic=True)
     return _variant(
         ctx, "dynamic", row, "Linear weights int8, activations per batch", _budget(ctx, row)
     )
@@ -240,7 +228,7 @@ def qat(ctx: Context) -> StepResult:
     forced = " (forced)" if cfg.force_qat and best_drop <= cfg.max_drop else ""
     converted, details = ctx.qat_search()
     int8, floats = split_int8(ctx.model, converted)
-    row = ctx.measure_pt2e(
+    row = ctx.measure_quantized(
         "qat", converted, int8_layers=int8, float_layers=floats, ignored=[], extra=details
     )
     result = _variant(
@@ -257,7 +245,9 @@ def qat(ctx: Context) -> StepResult:
 def pte(ctx: Context, variant: str) -> StepResult:
     """The ExecuTorch XNNPACK twin of a pt2e variant: a candidate of the final choice."""
     row, exported = ctx.measure_pte(variant)
-    return _variant(ctx, f"{variant} .pte", row, "lowered to ExecuTorch XNNPACK", exported.note())
+    return _variant(
+        ctx, f"{variant} .pte", row, "lowered to ExecuTorch XNNPACK", exported.note or ""
+    )
 
 
 def final(ctx: Context) -> StepResult:

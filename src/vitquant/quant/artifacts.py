@@ -1,4 +1,4 @@
-"""Saving, loading and measuring quantized variants: real files on disk, real wall time.
+"""Saving and loading quantized variants: real files on disk.
 
 Artifacts per backend:
 
@@ -12,13 +12,12 @@ Artifacts per backend:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vitquant.evaluate import latency_ms_per_image
 from vitquant.io import atomic_write
 
 DYNAMIC_BATCH = torch.export.Dim("batch", min=1, max=65536)
@@ -88,36 +87,3 @@ def load_dynamic(
     state = torch.load(str(path), map_location="cpu", weights_only=False)
     qm.module.load_state_dict(state)
     return qm.module
-
-
-def measure_latency(
-    fn: Callable[[torch.Tensor], object],
-    examples: dict[int, torch.Tensor],
-) -> dict[int, float]:
-    """Median ms per image of ``fn`` at each batch size (``examples``: batch -> input)."""
-    with torch.no_grad():
-        return {b: latency_ms_per_image(fn, x) for b, x in sorted(examples.items())}
-
-
-def lowered_latency(
-    gm: torch.fx.GraphModule, examples: dict[int, torch.Tensor]
-) -> tuple[dict[int, float], bool, str | None, float | None]:
-    """Latency of a pt2e graph lowered by inductor to int8 kernels, else of the eager graph.
-
-    Returns:
-        (ms per image by batch, simulated, error message or None, agreement): ``simulated`` is
-        True when lowering failed and the eager quantize/dequantize emulation was timed instead;
-        ``agreement`` is the share of the largest batch whose lowered argmax equals the eager
-        one (the accuracy is measured on the eager graph).
-    """
-    from vitquant.quant.lowered import lower
-
-    try:
-        compiled = lower(gm)
-        with torch.no_grad():
-            biggest = examples[max(examples)]
-            agree = (compiled(biggest).argmax(1) == gm(biggest).argmax(1)).float().mean().item()
-        return measure_latency(compiled, examples), False, None, agree
-    except Exception as exc:  # inductor missing a compiler, unsupported pattern, ...
-        message = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        return measure_latency(gm, examples), True, message, None

@@ -19,16 +19,6 @@ import torch
 from vitquant.quant.pt2e import QuantizedModel
 
 
-def inductor_lowers(backend: str) -> bool:
-    """Whether inductor turns graphs of this quantizer (``x86``) or row (``pt2e-x86``) into int8
-    kernels: ``Backend.lowers`` of ``vitquant.quant.backends`` (its fusions match the x86
-    quantizer's patterns only; other graphs are timed as the eager emulation)."""
-    from vitquant.quant.backends import BACKENDS, backend_for_label
-
-    target = BACKENDS.get(backend) or backend_for_label(backend)
-    return target is not None and target.lowers
-
-
 def lower(qm: QuantizedModel | torch.fx.GraphModule, *, freezing: bool = True):
     """Compile a converted graph with inductor so int8 patterns run as int8 kernels (x86).
 

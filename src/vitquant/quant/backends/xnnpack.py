@@ -115,12 +115,14 @@ class XnnpackBackend(Backend):
         with unfused_attention(model):
             yield len(attention_modules(model))
 
-    def export(self, qm, path: str | Path, **context) -> Exported:
-        """Lower ``qm``'s graph to an XNNPACK ``.pte`` (``export_pte``); ``extra.lowering`` is
-        what lowered and which operators were left to portable kernels."""
+    def export(self, qm, path: str | Path, *, max_batch: int | None = None, **context) -> Exported:
+        """Lower ``qm``'s graph to an XNNPACK ``.pte`` (``export_pte``; ``max_batch``: the
+        largest batch one call takes, None: its default); ``extra.lowering`` is what lowered
+        and which operators were left to portable kernels."""
         from vitquant.quant.executorch_backend import export_pte
 
-        pte = export_pte(qm.module, qm.example, path)
+        kw = {} if max_batch is None else {"max_batch": max_batch}
+        pte = export_pte(qm.module, qm.example, path, **kw)
         return Exported(
             path=pte.path,
             int8_layers=list(qm.int8_layers),

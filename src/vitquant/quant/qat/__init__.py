@@ -15,12 +15,7 @@ int8 validation epoch. One concept per module:
 
 from vitquant.distributed import DistContext, dist_context
 from vitquant.quant.qat.config import QATConfig, QATResult
-from vitquant.quant.qat.deploy import (
-    DeployOptions,
-    deploy_and_report,
-    export_qdq_onnx,
-    predict_fn,
-)
+from vitquant.quant.qat.deploy import DeployOptions, deploy_and_report, export_qdq_onnx
 from vitquant.quant.qat.graph import (
     BN_TARGETS,
     DROPOUT_TARGETS,
@@ -58,7 +53,6 @@ __all__ = [
     "freeze_bn",
     "freeze_observers",
     "make_qat_quantizer",
-    "predict_fn",
     "prepare_qat",
     "run_qat",
     "set_graph_mode",

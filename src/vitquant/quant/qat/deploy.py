@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from vitquant.data import DataBundle
-from vitquant.evaluate import accuracy
 from vitquant.quant.configs import check_export
-from vitquant.quant.lowered import inductor_lowers
 from vitquant.quant.qat.config import QATResult
 
 
@@ -51,8 +49,8 @@ class DeployOptions:
         latency: time every row (x86 pt2e after inductor lowering; can take a minute).
         latency_batch: batch size of the timing.
         stem: file name stem of the artifacts.
-        backend: the quantizer the model was trained with (names the pt2e row; only ``x86``
-            graphs are lowered by inductor, others are timed as the eager emulation).
+        backend: the quantizer the model was trained with (``get_backend``): names the pt2e
+            row, and its ``lower`` gives the runner measured (x86: inductor-lowered int8).
         export: ``pte``: also lower to an ExecuTorch XNNPACK program, run and measure it.
     """
 
@@ -80,135 +78,102 @@ def deploy_and_report(
 ) -> dict:
     """Save the kept int8 model (``.pt2`` and ``.onnx``) and measure it on the test split.
 
-    Rows (``vitquant.results.ResultRow``): ``fp32``/pytorch, ``qat``/pt2e-<backend> (the
-    converted graph; x86 timed after inductor lowering), ``qat``/executorch-xnnpack (the
-    ``.pte`` program, ``options.export == "pte"``) and ``qat``/onnxruntime (the ONNX export),
-    finalized against fp32.
+    Rows, built by one ``vitquant.measure.Measurer`` (role ``test``, timed at
+    ``options.latency_batch`` with the threads in effect, which torchrun may have set):
+    ``fp32``/pytorch; ``qat``/pt2e-<backend>, the converted graph measured on the runner
+    ``Backend.lower`` returns (x86: inductor-lowered int8 kernels, ``extra.timed`` and
+    ``extra.lowered_vs_eager_agreement``; else the eager emulation, ``simulated``);
+    ``qat``/executorch-xnnpack (the backend's ``.pte``, ``options.export == "pte"``) and
+    ``qat``/onnxruntime (the Q/DQ ONNX export), each with ``agreement_pt2e`` against the pt2e
+    row (``extra.twin``); finalized against fp32.
 
     Returns:
         ``{"results": [row dicts], "artifacts": {...}, "test_acc": ..., "fp32_test_acc": ...,
-        "notes": [...]}``.
+        "int8_layers": [...], "float_layers": [...], "notes": [...]}``; ``test_acc`` is the
+        pt2e row's accuracy.
     """
-    from vitquant.evaluate import count_layers, example_batch, file_size_mb, state_dict_size_mb
-    from vitquant.quant.artifacts import lowered_latency, measure_latency, save_pt2e
-    from vitquant.quant.pt2e import split_int8
-    from vitquant.results import ResultRow, finalize
+    from vitquant.evaluate import state_dict_bytes
+    from vitquant.layers import quantizable_names
+    from vitquant.measure import Candidate, Measurer
+    from vitquant.quant.backends import get_backend
+    from vitquant.quant.pt2e import QuantizedModel, split_int8
 
     directory = Path(directory)
-    converted = result.converted
+    backend = get_backend(options.backend)
     notes: list[str] = []
-    threads = torch.get_num_threads()
+    measurer = Measurer(
+        bundle,
+        spec,
+        roles=("test",),
+        latency_batches=(options.latency_batch,) if options.latency else (),
+        latency_batch=options.latency_batch,
+        threads=torch.get_num_threads(),  # keep the caller's (torchrun's) share of the cores
+        progress=True,
+        log=None,
+    )
     example = next(bundle.batches("val", spec, batch_size=8))[0]
-    lat_x = {options.latency_batch: example_batch(bundle, spec, options.latency_batch)}
+    int8_layers, float_layers = split_int8(model, result.converted)
+    qm = QuantizedModel(result.converted, int8_layers, float_layers, list(ignored), example=example)
 
-    def timed(row: ResultRow, lat: dict[int, float] | None) -> ResultRow:
-        if lat:
-            row.latency_ms_per_image = lat[options.latency_batch]
-            row.latency_batch, row.latency_threads = options.latency_batch, threads
-        return row
-
-    n_test = len(bundle.test_idx)
-    fp32_acc = accuracy(model, bundle, "test", spec, progress="test fp32")
-    fp32 = ResultRow(
-        "fp32",
-        "pytorch",
-        fp32_acc,
-        n_test,
-        int8_layers=0,
-        float_layers=count_layers(model),
-        size_mb=state_dict_size_mb(model),
+    measurer.measure(
+        Candidate(
+            "fp32",
+            "pytorch",
+            model.eval(),
+            size_bytes=state_dict_bytes(model),
+            float_layers=quantizable_names(model),
+        )
     )
-    timed(fp32, measure_latency(model.eval(), lat_x) if options.latency else None)
 
-    pt2 = save_pt2e(converted, example, directory / f"{options.stem}.pt2")
-    int8_layers, float_layers = split_int8(model, converted)
-    q_acc = accuracy(converted, bundle, "test", spec, progress="test int8")
-    qrow = ResultRow(
-        "qat",
-        f"pt2e-{options.backend}",
-        q_acc,
-        n_test,
-        int8_layers=len(int8_layers),
-        float_layers=len(float_layers),
-        size_mb=file_size_mb(pt2),
-        ignored=list(ignored),
-        artifact=str(pt2),
-        simulated=True,
-        extra={"best_epoch": result.best_epoch, "best_val_acc": result.best_val},
-    )
-    if options.latency and inductor_lowers(options.backend):
-        lat, simulated, error, agree = lowered_latency(converted, lat_x)
-        timed(qrow, lat)
-        qrow.simulated = simulated
-        qrow.extra["lowered_agreement"] = agree
-        if error:
-            notes.append(f"inductor lowering failed, eager emulation timed: {error}")
-    elif options.latency:
-        timed(qrow, measure_latency(converted, lat_x))
-    rows = [fp32, qrow]
+    label = backend.graph_label
+    pt2 = backend.save(qm, directory / f"{options.stem}.pt2")
+    probe = measurer.examples.get(options.latency_batch)
+    lowered = backend.lower(qm.module, enabled=options.latency, probe=probe)
+    if "lowering_error" in lowered.extra:
+        notes.append(
+            f"inductor lowering failed, eager emulation timed: {lowered.extra['lowering_error']}"
+        )
+    try:
+        qrow = measurer.measure(
+            Candidate(
+                "qat",
+                label,
+                lowered.runner,
+                artifact=pt2,
+                int8_layers=int8_layers,
+                float_layers=float_layers,
+                ignored=ignored,
+                simulated=lowered.simulated,
+                extra={
+                    "best_epoch": result.best_epoch,
+                    "best_val_acc": result.best_val,
+                    **lowered.extra,
+                },
+            )
+        )
+    finally:
+        if lowered.runner is not qm.module:
+            torch._dynamo.reset()  # free the compiled graphs
     artifacts = {"pt2": str(pt2), "onnx": None, "pte": None}
 
-    if options.export == "pte":
-        from vitquant.quant.executorch_backend import BACKEND, PteModel, export_pte
-
-        exported = export_pte(converted, example, directory / f"{options.stem}.pte")
-        notes.append(f".pte: {exported.note()}")
-        artifacts["pte"] = str(exported.path)
-        runner = PteModel(exported.path, threads=threads)
-        logits, labels = predict_fn(runner, bundle, spec)
-        ref_logits, _ = predict_fn(converted, bundle, spec)
-        erow = ResultRow(
-            "qat",
-            BACKEND,
-            (logits.argmax(1) == labels).float().mean().item(),
-            n_test,
-            int8_layers=len(int8_layers),
-            float_layers=len(float_layers),
-            size_mb=file_size_mb(exported.path),
-            ignored=list(ignored),
-            artifact=str(exported.path),
-            extra={
-                "lowering": exported.to_dict(),
-                "runtime_threads": runner.threads,
-                "pred_agreement_vs_pt2e": (logits.argmax(1) == ref_logits.argmax(1))
-                .float()
-                .mean()
-                .item(),
-            },
-        )
-        erow.extra["vs_pytorch_pts"] = round((erow.accuracy - q_acc) * 100, 4)
-        timed(erow, measure_latency(runner, lat_x) if options.latency else None)
-        rows.append(erow)
+    if options.export in backend.exports:
+        exported = backend.export(qm, directory / f"{options.stem}{backend.suffix}")
+        if exported.note:
+            notes.append(f"{backend.suffix}: {exported.note}")
+        artifacts[options.export] = str(exported.path)
+        _deployed(measurer, backend, exported.path, qm, twin=("qat", label), extra=exported.extra)
 
     if options.onnx:
-        from vitquant.quant.onnx_backend import OrtModel
-
         try:
-            onnx_path = export_qdq_onnx(converted, example, directory / f"{options.stem}.onnx")
+            onnx_path = export_qdq_onnx(qm.module, example, directory / f"{options.stem}.onnx")
         except Exception as exc:  # an op the exporter cannot translate
             notes.append(f"ONNX export failed: {type(exc).__name__}: {str(exc)[:300]}")
         else:
             artifacts["onnx"] = str(onnx_path)
-            ort_model = OrtModel(onnx_path, threads=threads)
-            logits, labels = predict_fn(ort_model, bundle, spec)
-            ref_logits, _ = predict_fn(converted, bundle, spec)
-            agree = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
-            ort_acc = (logits.argmax(1) == labels).float().mean().item()
-            orow = ResultRow(
-                "qat",
-                "onnxruntime",
-                ort_acc,
-                n_test,
-                int8_layers=len(int8_layers),
-                float_layers=len(float_layers),
-                size_mb=file_size_mb(onnx_path),
-                ignored=list(ignored),
-                artifact=str(onnx_path),
-                extra={"pred_agreement_vs_pt2e": agree},
-            )
-            timed(orow, measure_latency(ort_model, lat_x) if options.latency else None)
-            rows.append(orow)
-    finalize(rows)
+            ort = get_backend("onnxruntime")
+            _deployed(measurer, ort, onnx_path, qm, twin=("qat", label))
+
+    rows = measurer.finalize()
     for row in rows:
         log(
             f"{row.variant:5s} {row.backend:18s} test acc {row.accuracy:.4f} "
@@ -217,16 +182,29 @@ def deploy_and_report(
     return {
         "results": [r.to_dict() for r in rows],
         "artifacts": artifacts,
-        "test_acc": q_acc,
-        "fp32_test_acc": fp32_acc,
+        "test_acc": qrow.accuracy,
+        "fp32_test_acc": rows[0].accuracy,
         "int8_layers": int8_layers,
         "float_layers": float_layers,
         "notes": notes,
     }
 
 
-def predict_fn(fn, bundle: DataBundle, spec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test-split logits and labels of any callable model (ONNX Runtime sessions included)."""
-    from vitquant.evaluate import predict
+def _deployed(measurer, backend, path: Path, qm, *, twin: tuple[str, str], extra=None) -> None:
+    """Load the artifact ``backend`` wrote at ``path`` and measure it against its ``twin``."""
+    from vitquant.measure import Candidate
 
-    return predict(fn, bundle, "test", spec)
+    measurer.measure(
+        Candidate(
+            "qat",
+            backend.label,
+            backend.load(path, threads=measurer.threads),
+            runtime=backend.runtime,
+            artifact=path,
+            int8_layers=qm.int8_layers,
+            float_layers=qm.float_layers,
+            ignored=qm.ignored,
+            twin=twin,
+            extra=dict(extra or {}),
+        )
+    )
