@@ -28,6 +28,7 @@ def _silent(line: str) -> None:
 def _kept(s: Setup, cfg, result, modules, notes, *, measure, latency_batches, threads) -> QATRun:
     """The kept epoch as a ``Quantized`` with its rows, and the qat.json document."""
     from vitquant.api.evaluate import float_candidate, measure_rows
+    from vitquant.quant.backends import get_backend
     from vitquant.quant.pt2e import split_int8
 
     converted = result.converted
@@ -37,7 +38,7 @@ def _kept(s: Setup, cfg, result, modules, notes, *, measure, latency_batches, th
         payload={**s.describe(), "num_classes": s.spec.num_classes},
         module=converted,
         variant="qat",
-        backend=f"pt2e-{cfg.backend}",
+        backend=get_backend(cfg.backend).graph_label,
         config=cfg,
         int8_layers=int8,
         float_layers=floats,
