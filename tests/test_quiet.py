@@ -39,6 +39,22 @@ def test_third_party_warnings_are_hidden_and_ours_are_not(fresh):
     assert [str(w.message) for w in fresh] == ["our warning", "not a third-party package"]
 
 
+def test_quiet_again_after_a_catch_warnings_block_put_its_filters_first(monkeypatch):
+    """A second apply() inside catch_warnings + simplefilter("always") (what a caller or an
+    earlier test may do after vitquant was quieted once) still hides third-party warnings."""
+    monkeypatch.delenv(quiet.ENV, raising=False)
+    quiet.apply(verbose=False)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            quiet.apply(verbose=False)
+            _warn("torch._inductor.mkldnn_lowerings", "inductor noise")
+            _warn("vitquant.quant.run", "our warning")
+        assert [str(w.message) for w in seen] == ["our warning"]
+    finally:
+        quiet.reset()
+
+
 def test_verbose_lets_them_through_again(fresh):
     quiet.apply(verbose=False)
     quiet.apply(verbose=True)

@@ -75,6 +75,17 @@ def is_quiet() -> bool:
 def _silence() -> None:
     global _torch_quieted
     if _added_filters:
+        # Already quiet; but a ``warnings.catch_warnings()`` block entered since (a caller's or a
+        # test's ``simplefilter("always")``) may have put filters in front of ours: move ours
+        # back to the front so they still win.
+        front = warnings.filters[: len(_added_filters)]
+        if front != _added_filters[::-1]:
+            for entry in _added_filters:
+                if entry in warnings.filters:
+                    warnings.filters.remove(entry)
+            for entry in _added_filters:
+                warnings.filters.insert(0, entry)
+            warnings._filters_mutated()
         return
     pattern = rf"({'|'.join(THIRD_PARTY)})(\.|$)"
     for category in CATEGORIES:
