@@ -88,3 +88,20 @@ def sensitivity_summary(rows: list) -> dict:
         "by_block": by_block(rows, SENSITIVITY_METRICS),
         "by_kind": by_kind(rows, SENSITIVITY_METRICS),
     }
+
+
+def analysis_document(stats: list, weights: list, *, top: int = 10, top_change: int = 5) -> dict:
+    """The figures of an ``analyze.json`` (``analyze``, ``vq.analyze`` and the pipeline's
+    analysis step all write them): per-point ``layers``, per-layer ``weights``, the ``summary``
+    by block and kind, the ``top`` outlier points, the ``top_change`` weight change scores and
+    the modules owning a significant point."""
+    from vitquant.analysis.weights import ranked_by_change
+
+    return {
+        "layers": [s.to_dict() for s in stats],
+        "weights": [w.to_dict() for w in weights],
+        "summary": {"activations": activation_summary(stats), "weights": weight_summary(weights)},
+        "top_outliers": [s.point for s in sorted(stats, key=lambda s: -s.outlier_pct)[:top]],
+        "top_change_scores": [w.name for w in ranked_by_change(weights)[:top_change]],
+        "significant_modules": sorted({s.module for s in stats if s.significant}),
+    }

@@ -51,8 +51,8 @@ def analyze(
         ``top(k)``, ``significant_modules``; ``to_dict()`` as ``analyze.json``.
     """
     from vitquant.analysis.stats import collect_activation_stats
-    from vitquant.analysis.summary import activation_summary, weight_summary
-    from vitquant.analysis.weights import ranked_by_change, weight_stats
+    from vitquant.analysis.summary import analysis_document
+    from vitquant.analysis.weights import weight_stats
 
     if not 0 <= threshold <= 100:
         raise VitquantError(f"threshold is a percentage in [0, 100] (got {threshold}).")
@@ -81,12 +81,7 @@ def analyze(
         "n_images": n_images,
         "threshold_pct": threshold,
         "seconds": time.perf_counter() - start,
-        "layers": [p.to_dict() for p in stats],
-        "weights": [w.to_dict() for w in weights],
-        "summary": {"activations": activation_summary(stats), "weights": weight_summary(weights)},
-        "top_outliers": [p.point for p in sorted(stats, key=lambda p: -p.outlier_pct)[:10]],
-        "top_change_scores": [w.name for w in ranked_by_change(weights)[:5]],
-        "significant_modules": sorted({p.module for p in stats if p.significant}),
+        **analysis_document(stats, weights),
         "figures": {},
     }
     return Analysis(payload=payload, points=stats, weights=weights)

@@ -89,8 +89,8 @@ def analyze(
     weight statistics and change scores, summaries by block and layer type, plots -> analyze.json.
     """
     from vitquant.analysis.stats import collect_activation_stats
-    from vitquant.analysis.summary import activation_summary, weight_summary
-    from vitquant.analysis.weights import ranked_by_change, weight_stats
+    from vitquant.analysis.summary import analysis_document
+    from vitquant.analysis.weights import weight_stats
 
     if calib <= 0:
         raise VitquantError("--calib must be > 0: it is the number of images analysed.")
@@ -128,11 +128,12 @@ def analyze(
     weights = weight_stats(loaded.model, threshold=threshold)
     seconds = time.perf_counter() - start
 
-    layers = [s.to_dict() for s in stats]
-    weight_rows = [w.to_dict() for w in weights]
-    summary = {"activations": activation_summary(stats), "weights": weight_summary(weights)}
-    top_outliers = sorted(stats, key=lambda s: -s.outlier_pct)[:10]
-    top_change = ranked_by_change(weights)[:5]
+    doc = analysis_document(stats, weights)
+    layers, weight_rows, summary = doc["layers"], doc["weights"], doc["summary"]
+    point_of = {s.point: s for s in stats}
+    weight_of = {w.name: w for w in weights}
+    top_outliers = [point_of[p] for p in doc["top_outliers"]]
+    top_change = [weight_of[n] for n in doc["top_change_scores"]]
     figures = {}
     if plots:
         from vitquant.analysis.weights import weight_histograms
@@ -168,12 +169,7 @@ def analyze(
         "n_images": min(calib, len(bundle.calib_idx)),
         "threshold_pct": threshold,
         "seconds": seconds,
-        "layers": layers,
-        "weights": weight_rows,
-        "summary": summary,
-        "top_outliers": [s.point for s in top_outliers],
-        "top_change_scores": [w.name for w in top_change],
-        "significant_modules": sorted({s.module for s in stats if s.significant}),
+        **doc,
         "figures": figures,
         "files": files,
     }

@@ -20,8 +20,8 @@ def analysis_step(model, spec, bundle: DataBundle, cfg, *, log: Callable[[str], 
 
     def analyze(out_dir: Path):
         from vitquant.analysis.stats import collect_activation_stats
-        from vitquant.analysis.summary import activation_summary, weight_summary
-        from vitquant.analysis.weights import ranked_by_change, weight_histograms, weight_stats
+        from vitquant.analysis.summary import analysis_document
+        from vitquant.analysis.weights import weight_histograms, weight_stats
         from vitquant.plots.analysis import write_analysis_figures
 
         stats = collect_activation_stats(
@@ -50,13 +50,7 @@ def analysis_step(model, spec, bundle: DataBundle, cfg, *, log: Callable[[str], 
                 "role": "calib",
                 "n_images": min(cfg.stats_images, len(bundle.calib_idx)),
                 "threshold_pct": cfg.threshold,
-                "layers": [s.to_dict() for s in stats],
-                "weights": [w.to_dict() for w in weights],
-                "summary": {
-                    "activations": activation_summary(stats),
-                    "weights": weight_summary(weights),
-                },
-                "top_change_scores": [w.name for w in ranked_by_change(weights)[:5]],
+                **analysis_document(stats, weights),
                 "figures": figures,
             },
         )
