@@ -245,3 +245,41 @@ TrainLimitOpt = Annotated[
         min=1, help="Train on this many fit images per epoch (drawn afresh) [default: all]."
     ),
 ]
+
+# -- low-bit settings (quantize, pipeline) ---------------------------------------------------
+
+WBitsOpt = Annotated[
+    int, typer.Option(min=2, max=8, help="Weight bits of every quantized layer (per channel).")
+]
+ABitsOpt = Annotated[
+    int, typer.Option(min=2, max=8, help="Activation bits of every quantized input (per tensor).")
+]
+BitsRuleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--bits",
+        help="Per-layer bits GLOB=W/A, e.g. 'blocks.0.*=8/8' or 'head=8/8' (repeatable; the "
+        "last matching rule wins).",
+    ),
+]
+QuantAttnOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quantize-attention",
+        help="Also quantize the attention matmul inputs (q, k, v) and the post-softmax map, as "
+        "integer edge runtimes and NPUs do.",
+    ),
+]
+QuantLnOpt = Annotated[
+    bool,
+    typer.Option("--quantize-layernorm", help="Also quantize LayerNorm inputs and outputs."),
+]
+VitMethodsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vit-methods",
+        help="ViT-aware methods, comma separated: smoothquant, ln-reparam, rotate, twin-gelu, "
+        "log2-softmax, gptq, or all [default: each measured alone, then every one that helps "
+        "on val together].",
+    ),
+]

@@ -17,8 +17,14 @@ from vitquant.cli.options import (
     STATS_IMAGES,
     THRESHOLD,
     CalibOpt,
+    ABitsOpt,
+    BitsRuleOpt,
     CheckpointOpt,
     DataOpt,
+    QuantAttnOpt,
+    QuantLnOpt,
+    VitMethodsOpt,
+    WBitsOpt,
     ExportOpt,
     LimitOpt,
     LowerOpt,
@@ -82,6 +88,12 @@ def pipeline(
         typer.Option(min=1, help="Val images for the sensitivity ranking [default: all]."),
     ] = None,
     lower: LowerOpt = True,
+    wbits: WBitsOpt = 8,
+    abits: ABitsOpt = 8,
+    bits: BitsRuleOpt = None,
+    quantize_attention: QuantAttnOpt = False,
+    quantize_layernorm: QuantLnOpt = False,
+    vit_methods: VitMethodsOpt = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     out: OutOpt = None,
@@ -91,13 +103,28 @@ def pipeline(
     """Float -> outliers -> static PTQ -> PTQ ignoring outlier layers -> auto ignore list ->
     dynamic -> (QAT + Optuna if still over --max-drop) -> final choice -> pipeline.json.
 
-    Choices use the val images; test figures are reported. The final choice, among int8
+    With a low-bit target (--wbits/--abits below 8, --bits, --quantize-attention) the static
+    step measures its min-max quantization and, over --max-drop, the ViT-aware methods run
+    before the ignore list (simulated rows). Choices use the val images; test figures are
+    reported. The final choice, among int8
     variants within the val budget: the fastest when it leads by more than the latency spread,
     else the smallest file, then the most int8 layers; a simulated (emulated int8) variant only
     when nothing executed meets the budget; if none meets it, the most accurate on val.
     """
     if force_qat and not qat:
         raise VitquantError("--force-qat and --no-qat contradict each other: pass one of them.")
+    from vitquant.cli.quantize_cmd import lowbit_setting
+    from vitquant.quant.lowbit.methods import parse_methods
+
+    lowbit = lowbit_setting(
+        wbits, abits, bits, quantize_attention, quantize_layernorm, observer, calib
+    )
+    methods = parse_methods(vit_methods) if vit_methods is not None else None
+    if methods is not None and lowbit is None:
+        raise VitquantError(
+            "--vit-methods needs a low-bit target: add --wbits/--abits below 8, --bits or "
+            "--quantize-attention (int8 of the Linear layers runs on real int8 kernels)."
+        )
     # Built first: a bad --quantizer/--export fails before anything is loaded or written.
     cfg = PipelineConfig(
         max_drop=max_drop,
@@ -114,6 +141,8 @@ def pipeline(
         sensitivity_limit=sensitivity_limit,
         lower=lower,
         qat=qat,
+        lowbit=lowbit,
+        vit_methods=methods,
     )
     directory = prepare_out(out, "pipeline", model, overwrite)
     set_threads(threads)

@@ -12,6 +12,12 @@ from vitquant.cli.app import app, console
 from vitquant.cli.common import invocation, model_and_data, prepare_out, save_result
 from vitquant.cli.options import (
     MAX_DROP,
+    ABitsOpt,
+    BitsRuleOpt,
+    QuantAttnOpt,
+    QuantLnOpt,
+    VitMethodsOpt,
+    WBitsOpt,
     PER_CHANNEL,
     QUANTIZER,
     SYMMETRIC_ACTIVATIONS,
@@ -77,6 +83,23 @@ def parse_top_k(text: str | None) -> tuple[int, ...]:
     return ks
 
 
+def lowbit_setting(wbits, abits, rules, attention, layernorm, observer, calib):
+    """The ``LowBitPTQ`` the low-bit options ask for, or None for the int8 study."""
+    if wbits == 8 and abits == 8 and not rules and not attention and not layernorm:
+        return None
+    from vitquant.quant.lowbit import LowBitPTQ
+
+    return LowBitPTQ(
+        wbits=wbits,
+        abits=abits,
+        rules=tuple(rules or ()),
+        quantize_attention=attention,
+        quantize_layernorm=layernorm,
+        observer=observer if observer in ("minmax", "percentile") else "minmax",
+        calib=calib,
+    )
+
+
 def save_tables(directory: Path, command: str, rows: list[dict], *, title: str, notes=()) -> None:
     """``DIR/<command>.csv`` and ``DIR/<command>.md`` twins of the JSON results."""
     from vitquant.quant.table import to_csv, to_markdown
@@ -123,6 +146,18 @@ def quantize(
             "0..10, 0,2,5 or N. Plots accuracy against k."
         ),
     ] = None,
+    wbits: WBitsOpt = 8,
+    abits: ABitsOpt = 8,
+    bits: BitsRuleOpt = None,
+    quantize_attention: QuantAttnOpt = False,
+    quantize_layernorm: QuantLnOpt = False,
+    vit_methods: VitMethodsOpt = None,
+    point_errors: Annotated[
+        bool, typer.Option(help="Low-bit runs: the per-point error table and its correlations.")
+    ] = True,
+    impact_images: Annotated[
+        int, typer.Option(min=0, help="Low-bit runs: val images of each point's accuracy impact.")
+    ] = 256,
     onnx: OnnxOpt = True,
     lower: LowerOpt = True,
     latency_batch: LatencyBatchOpt = 1,
@@ -134,13 +169,26 @@ def quantize(
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Static / dynamic int8 variants with ignore lists, ORT int8 twins -> quantize.json/csv/md."""
+    """Static / dynamic int8 variants with ignore lists, ORT int8 twins -> quantize.json/csv/md.
+
+    With --wbits/--abits below 8, --bits rules, --quantize-attention, --quantize-layernorm or
+    --vit-methods it runs the low-bit study instead: a min-max row, each ViT-aware method alone
+    and the recipe (the methods that help on val), all simulated, plus the per-point error
+    table (SQNR, accuracy impact, outlier %) and its rank correlations.
+    """
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
     from vitquant.quant.run import QuantizeJob, run_variants
     from vitquant.quant.scope import IgnoreScope
 
     if method not in METHODS:
         raise VitquantError(f"--method {method!r}: choose static, dynamic or all.")
+    lowbit = lowbit_setting(
+        wbits, abits, bits, quantize_attention, quantize_layernorm, observer, calib
+    )
+    if vit_methods is not None and lowbit is None:
+        from vitquant.quant.lowbit import LowBitPTQ
+
+        lowbit = LowBitPTQ(calib=calib)  # W8A8 with the named methods
     directory = prepare_out(out, "quantize", model, overwrite)
     entries = list(ignore or [])
     auto = "auto" in entries
@@ -183,8 +231,16 @@ def quantize(
         seed=seed,
     )
     # An ignore entry that matches nothing must fail before anything is written.
-    if scope:
-        scope.resolve(loaded.model)
+    ignored = scope.resolve(loaded.model).modules if scope else []
+    if lowbit is not None:
+        from vitquant.cli.lowbit_out import run_lowbit_command
+
+        run_lowbit_command(
+            model, loaded, bundle, directory, lowbit, vit_methods, ignored,
+            point_errors=point_errors, impact_images=impact_images, threads=threads,
+            weights=ScoreWeights(w_acc, w_size, w_speed),
+        )  # fmt: skip
+        return
     result = run_variants(
         loaded.model,
         bundle,

@@ -1,6 +1,7 @@
 """The whole study as one flow, recording every figure and the reason for every decision.
 
-float evaluation -> analysis (outliers, change scores) -> static PTQ of all layers -> static PTQ
+float evaluation -> analysis (outliers, change scores) -> static PTQ of all layers -> (a low-bit
+target over budget: the ViT-aware methods, ``lowbit_steps``) -> static PTQ
 keeping the significant outlier layers in float -> accuracy-aware ignore list -> dynamic int8
 (PyTorch's eager dynamic for x86; the quantizer's pt2e dynamic config for xnnpack) ->
 (if the best post-training val drop is still above ``max_drop``) QAT with an Optuna search ->

@@ -36,6 +36,13 @@ class PipelineConfig:
             rows say ``simulated``; a ``simulated`` row never wins the final choice on speed
             or size).
         qat: False skips the QAT branch whatever the drop (``--no-qat``); the skip is recorded.
+        lowbit: a low-bit target setting (``vitquant.quant.lowbit.LowBitPTQ``: W/A bits below 8,
+            quantized attention or LayerNorm); None: int8 of the Linear/Conv layers. With a
+            low-bit target the ``static`` step measures its min-max quantization and, when that
+            misses the budget, the ``vit-methods`` step tries the ViT-aware methods before the
+            ignore list (all simulated rows).
+        vit_methods: the methods the ``vit-methods`` step uses (None: each alone on val, then
+            every one that helps, together).
     """
 
     max_drop: float = 1.0
@@ -54,6 +61,8 @@ class PipelineConfig:
     ranking: str = "auto"
     search: str = "bisect"
     qat: bool = True
+    lowbit: object = None
+    vit_methods: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         from vitquant.errors import VitquantError

@@ -62,6 +62,8 @@ class Context:
     static_model: QuantizedModel | None = None
     choice: Choice | None = None
     pending_pte: dict[str, tuple] = field(default_factory=dict)
+    lowbit_best: ResultRow | None = None  # low-bit target: the best row so far (val)
+    lowbit_recipe: tuple[str, ...] = ()  # low-bit target: the ViT-aware methods chosen
 
     def __post_init__(self) -> None:
         from vitquant.layers import quantizable_names

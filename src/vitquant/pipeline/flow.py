@@ -11,6 +11,7 @@ TITLES = {
     "fp32": "fp32",
     "analysis": "outlier analysis",
     "static": "static PTQ, all layers",
+    "vit-methods": "ViT-aware methods",
     "static-ignore": "static PTQ, outlier layers in float",
     "static-auto": "accuracy-aware ignore list",
     "dynamic": "dynamic int8 (Linear)",

@@ -23,6 +23,7 @@ STEPS: tuple[Callable[[Context], StepResult], ...] = (
     steps.fp32,
     steps.analysis,
     steps.static,
+    steps.vit_methods,
     steps.static_ignore,
     steps.static_auto,
     steps.dynamic,

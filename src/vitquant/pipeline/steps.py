@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from vitquant.pipeline import lowbit_steps
 from vitquant.pipeline.choose import choose_final
 from vitquant.pipeline.config import RANKING_BUDGET_S, ranking_method
 from vitquant.pipeline.context import Context
@@ -88,20 +89,48 @@ def analysis(ctx: Context) -> StepResult:
     )
 
 
+def _lowbit_variant(ctx: Context, step: str):
+    """``variant_result(row, decision, reason="")`` for the low-bit steps."""
+
+    def make(row: ResultRow, decision: str, reason: str = "") -> StepResult:
+        return _variant(ctx, step, row, decision, reason or _budget(ctx, row))
+
+    return make
+
+
 def static(ctx: Context) -> StepResult:
-    """Static PTQ of every layer."""
+    """Static PTQ of every layer (a low-bit target: its min-max quantization)."""
     from vitquant.quant.pt2e import quantize_static
 
+    if ctx.cfg.lowbit is not None:
+        return lowbit_steps.minmax(ctx, _lowbit_variant(ctx, "static"))
     qm = quantize_static(ctx.model, ctx.bundle, ctx.spec, ctx.static_cfg)
     ctx.static_model = qm
     row = ctx.measure_quantized("static", qm)
     return _variant(ctx, "static", row, "quantized every layer to int8", _budget(ctx, row))
 
 
+def vit_methods(ctx: Context) -> StepResult:
+    """The ViT-aware methods of a low-bit target (``lowbit_steps.vit_methods``)."""
+    if ctx.cfg.lowbit is None:
+        return StepResult(
+            Decision(
+                "vit-methods",
+                "skipped",
+                "the target is int8 of the Linear/Conv layers (real int8 kernels); the ViT-aware "
+                "methods run for low-bit targets (--wbits/--abits/--quantize-attention)",
+                "skip",
+            )
+        )
+    return lowbit_steps.vit_methods(ctx, _lowbit_variant(ctx, "vit-methods"))
+
+
 def static_ignore(ctx: Context) -> StepResult:
     """Static PTQ keeping the analysis's outlier layers in float."""
     from vitquant.quant.pt2e import quantize_static
 
+    if ctx.cfg.lowbit is not None:
+        return lowbit_steps.ignore_outliers(ctx, _lowbit_variant(ctx, "static-ignore"))
     sig = ctx.significant
     if not sig:
         return StepResult(
@@ -127,6 +156,12 @@ def static_auto(ctx: Context) -> StepResult:
     from vitquant.quant.auto import select_ignore, sensitivity_ranking, sqnr_ranking
 
     cfg = ctx.cfg
+    if cfg.lowbit is not None:
+        return lowbit_steps.not_for_lowbit(
+            "static-auto",
+            "the accuracy-aware ignore list searches the executed int8 graph; for a low-bit "
+            "target keep layers at more bits with --bits rules (e.g. 'head=8/8')",
+        )
     static_row = ctx.measurer.find("static", ctx.pt2e_backend).row
     if ctx.val_drop(static_row) <= cfg.max_drop:  # rank only when all-int8 misses the budget
         return StepResult(
@@ -198,6 +233,10 @@ def dynamic(ctx: Context) -> StepResult:
     """Dynamic int8 of the Linear layers, the backend's own path (``Backend.quantize_dynamic``:
     PyTorch's eager dynamic on x86, else the quantizer's pt2e dynamic config, lowered like the
     rest)."""
+    if ctx.cfg.lowbit is not None:
+        return lowbit_steps.not_for_lowbit(
+            "dynamic", "the target is a low-bit setting; dynamic int8 is another setting"
+        )
     dq = ctx.backend.quantize_dynamic(
         ctx.model, example=ctx.example(), per_channel=ctx.cfg.per_channel
     )
@@ -212,6 +251,12 @@ def qat(ctx: Context) -> StepResult:
     from vitquant.quant.pt2e import split_int8
 
     cfg = ctx.cfg
+    if cfg.lowbit is not None:
+        return lowbit_steps.not_for_lowbit(
+            "qat",
+            "QAT at low bits is not built yet (the QAT quantizer is int8); the low-bit target "
+            "ends with its best post-training row",
+        )
     int8_rows = [r for r in ctx.measurer.rows if r.variant != "fp32"]
     best = min(int8_rows, key=ctx.val_drop)
     best_drop = ctx.val_drop(best)
