@@ -313,3 +313,16 @@ def test_cifar_vit_w8a8_with_attention():
         assert (lo, hi) == (-127, 127) and int(codes.abs().max()) <= 127
     with torch.no_grad():
         assert sqnr_db(ref, gm(x)) > 25  # measured: 30.1 dB
+
+
+def test_a_saved_low_bit_graph_reloads_to_the_same_function(setup, runs, tmp_path):
+    from vitquant.quant.artifacts import load_pt2e, save_pt2e
+
+    x = setup[3]
+    cfg = LowBitPTQ(
+        quantize_attention=True, softmax="log2-sqrt2", gelu="twin", quantize_layernorm=True
+    )
+    qm = runs(cfg)  # the log2 / twin fake-quant modules are traced into the re-export
+    path = save_pt2e(qm.module, qm.example, tmp_path / "lowbit.pt2")
+    with torch.no_grad():
+        assert torch.equal(load_pt2e(path)(x), qm(x))

@@ -21,6 +21,7 @@ from torch import nn
 from vitquant.analysis.hooks import attention_modules, unfused_attention
 from vitquant.data import DataBundle
 from vitquant.errors import VitquantError
+from vitquant.evaluate import QUANTIZABLE
 from vitquant.quant.lowbit.bits import BitSetting, BitsPlan, parse_bits_rule
 from vitquant.quant.lowbit.quantizer import LowBitQuantizer, check_modes
 from vitquant.quant.pt2e import QuantizedModel, drop_unused_attributes, export_model, split_int8
@@ -63,12 +64,12 @@ class LowBitPTQ:
             object.__setattr__(self, "rules", (self.rules,))
         object.__setattr__(self, "rules", tuple(self.rules))
         self.plan  # noqa: B018 - validates the bit widths and every rule
-        check_modes(softmax=self.softmax, gelu=self.gelu, observer=self.observer)
-        if self.softmax != "uniform" and not self.quantize_attention:
-            raise VitquantError(
-                f"softmax={self.softmax!r} quantizes the attention probabilities, which are only "
-                "quantized with quantize_attention=True; turn it on or use softmax='uniform'."
-            )
+        check_modes(
+            softmax=self.softmax,
+            gelu=self.gelu,
+            observer=self.observer,
+            quantize_attention=self.quantize_attention,
+        )
         if not 50.0 < self.percentile <= 100.0:
             raise VitquantError(f"percentile must be in (50, 100], got {self.percentile}.")
         if self.calib is not None and self.calib <= 0:
@@ -115,8 +116,6 @@ def _ignored_names(model: nn.Module, scope: ResolvedScope) -> list[str]:
 
 def _setting_notes(model: nn.Module, plan: BitsPlan, ignored: list[str]) -> list[str]:
     """One note per bit setting other than the default: which Linear/Conv layers have it."""
-    from vitquant.evaluate import QUANTIZABLE
-
     by_setting: dict[BitSetting, list[str]] = {}
     for name, module in model.named_modules():
         if name and isinstance(module, QUANTIZABLE) and name not in ignored:

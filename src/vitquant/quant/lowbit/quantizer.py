@@ -124,12 +124,9 @@ class LowBitQuantizer(Quantizer):
         percentile: float = 99.99,
     ) -> None:
         super().__init__()
-        check_modes(softmax=softmax, gelu=gelu, observer=observer)
-        if softmax != "uniform" and not quantize_attention:
-            raise VitquantError(
-                f"softmax={softmax!r} quantizes the attention probabilities, which are only "
-                "quantized with quantize_attention=True; turn it on or use softmax='uniform'."
-            )
+        check_modes(
+            softmax=softmax, gelu=gelu, observer=observer, quantize_attention=quantize_attention
+        )
         self.plan = plan
         self.quantize_attention = quantize_attention
         self.quantize_layernorm = quantize_layernorm
@@ -321,8 +318,9 @@ class LowBitQuantizer(Quantizer):
         """Nothing to check beyond what ``annotate`` refuses."""
 
 
-def check_modes(*, softmax: str, gelu: str, observer: str) -> None:
-    """Refuse unknown ``softmax`` / ``gelu`` / ``observer`` modes with the valid choices."""
+def check_modes(*, softmax: str, gelu: str, observer: str, quantize_attention: bool) -> None:
+    """Refuse unknown ``softmax`` / ``gelu`` / ``observer`` modes (naming the valid choices),
+    and a non-uniform softmax without ``quantize_attention`` (nothing it would apply to)."""
     for what, value, choices in (
         ("softmax", softmax, tuple(SOFTMAX_MODES)),
         ("gelu", gelu, GELU_MODES),
@@ -332,3 +330,8 @@ def check_modes(*, softmax: str, gelu: str, observer: str) -> None:
             raise VitquantError(
                 f"unknown {what} mode {value!r}; choose one of {', '.join(choices)}."
             )
+    if softmax != "uniform" and not quantize_attention:
+        raise VitquantError(
+            f"softmax={softmax!r} quantizes the attention probabilities, which are only "
+            "quantized with quantize_attention=True; turn it on or use softmax='uniform'."
+        )
