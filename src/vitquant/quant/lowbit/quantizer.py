@@ -189,20 +189,29 @@ class LowBitQuantizer(Quantizer):
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         nodes = [n for n in model.graph.nodes if n.op == "call_function"]
-        requests: dict[torch.fx.Node, list[_Request]] = {}
-        weights: dict[torch.fx.Node, tuple[torch.fx.Node, QuantizationSpec]] = {}
+        requests: dict[torch.fx.Node, list[_Request]] = {}  # tensor -> who wants it quantized
+        weights = self._ask_layers(nodes, requests)
+        if self.quantize_attention:
+            self._ask_attention(nodes, requests)
+        if self.quantize_layernorm:
+            self._ask_layernorms(nodes, requests)
+        self._write(requests, weights)
+        return model
 
-        def ask(tensor, consumer, bits, kind="uniform"):
-            if isinstance(tensor, torch.fx.Node):
-                requests.setdefault(tensor, []).append(_Request(consumer, bits, kind))
+    @staticmethod
+    def _ask(requests: dict, tensor, consumer, bits: int, kind: str = "uniform") -> None:
+        if isinstance(tensor, torch.fx.Node):
+            requests.setdefault(tensor, []).append(_Request(consumer, bits, kind))
 
-        linears = [n for n in nodes if n.target in WEIGHT_OPS and len(n.args) >= 2]
-        seen_layers = set()
-        for node in linears:
+    def _ask_layers(self, nodes: list[torch.fx.Node], requests: dict) -> dict:
+        """Linear/Conv inputs into ``requests``; returns ``{op node: (weight node, spec)}``."""
+        weights = {}
+        for node in nodes:
+            if node.target not in WEIGHT_OPS or len(node.args) < 2:
+                continue
             name = _module_of(node)
             if self.ignored(name):
                 continue
-            seen_layers.add(name)
             setting = self.plan.for_module(name or "")
             x = node.args[0]
             twin = (
@@ -210,41 +219,41 @@ class LowBitQuantizer(Quantizer):
                 and isinstance(x, torch.fx.Node)
                 and producer(x).target == aten.gelu.default
             )
-            ask(x, node, setting.abits, "twin" if twin else "uniform")
+            self._ask(requests, x, node, setting.abits, "twin" if twin else "uniform")
             if isinstance(node.args[1], torch.fx.Node):
                 weights[node] = (node.args[1], self.weight_spec(setting.wbits, name))
-        unknown = sorted(
-            set(self.weight_scales) - {_module_of(n) for n in linears} - set(self.ignore)
-        )
+        layer_names = {_module_of(n) for n in nodes if n.target in WEIGHT_OPS}
+        unknown = sorted(set(self.weight_scales) - layer_names - set(self.ignore))
         if unknown:
             raise VitquantError(
                 f"weight scales given for {', '.join(unknown)}, which are not Linear/Conv "
                 "layers of the graph; pass scales keyed by layer name (e.g. 'blocks.0.attn.qkv')."
             )
+        return weights
 
-        if self.quantize_attention:
-            for node in nodes:
-                if node.target not in MATMULS or not self._between_activations(node):
-                    continue
-                bits = self._attention_bits(_module_of(node), linears)
-                if bits is None:
-                    continue
-                for arg in node.args[:2]:
-                    log2 = self.softmax != "uniform" and producer(arg).target in SOFTMAXES
-                    ask(arg, node, bits, "log2" if log2 else "uniform")
+    def _ask_attention(self, nodes: list[torch.fx.Node], requests: dict) -> None:
+        """Both inputs of every matmul between activations; log2 for softmax outputs."""
+        linears = [n for n in nodes if n.target in WEIGHT_OPS]
+        for node in nodes:
+            if node.target not in MATMULS or not self._between_activations(node):
+                continue
+            bits = self._attention_bits(_module_of(node), linears)
+            if bits is None:
+                continue
+            for arg in node.args[:2]:
+                log2 = self.softmax != "uniform" and producer(arg).target in SOFTMAXES
+                self._ask(requests, arg, node, bits, "log2" if log2 else "uniform")
 
-        if self.quantize_layernorm:
-            for node in nodes:
-                name = _module_of(node)
-                if node.target not in LAYERNORMS or self.ignored(name):
-                    continue
-                bits = self.plan.for_module(name or "").abits
-                ask(node.args[0], node, bits)
-                if not self._covered(node, requests):
-                    ask(node, None, bits)
-
-        self._write(requests, weights)
-        return model
+    def _ask_layernorms(self, nodes: list[torch.fx.Node], requests: dict) -> None:
+        """LayerNorm inputs, and outputs that no quantized input already covers."""
+        for node in nodes:
+            name = _module_of(node)
+            if node.target not in LAYERNORMS or self.ignored(name):
+                continue
+            bits = self.plan.for_module(name or "").abits
+            self._ask(requests, node.args[0], node, bits)
+            if not self._covered(node, requests):
+                self._ask(requests, node, None, bits)
 
     def _between_activations(self, node: torch.fx.Node) -> bool:
         args = node.args[:2]
