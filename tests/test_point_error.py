@@ -75,17 +75,25 @@ def test_sqnr_matches_numpy(vit):
     assert 18 < norm8.sqnr_db - norm4.sqnr_db < 30
 
 
-def test_log2_softmax_point_beats_uniform(vit):
+def test_log2_softmax_point_matches_numpy(vit):
     model, calib, val = vit
     points = observation_points(model, calib[0][:2])
-    common = dict(calib=lambda: calib, val=lambda: val)
-    uni = point_errors(model, points, PointSetting(lambda _n: 4, True), **common)
-    log = point_errors(model, points, PointSetting(lambda _n: 4, True, softmax="log2-sqrt2"), **common)
-    soft_u = [e for e in uni if e.kind == "softmax"]
-    soft_l = {e.point: e for e in log if e.kind == "softmax"}
-    assert soft_u and all(soft_l[e.point].quantizer == "log2-sqrt2-4" for e in soft_u)
-    # log-domain codes keep the many small probabilities a uniform 4-bit grid rounds to 0
-    assert np.mean([soft_l[e.point].sqnr_db - e.sqnr_db for e in soft_u]) > 0
+    setting = PointSetting(lambda _n: 4, True, softmax="log2-sqrt2")
+    errors = point_errors(model, points, setting, calib=lambda: calib, val=lambda: val)
+    soft = [e for e in errors if e.kind == "softmax"]
+    assert len(soft) == 3 and all(e.quantizer == "log2-sqrt2-4" for e in soft)
+    chosen = [p for p in points if p.kind == "softmax"]
+    vals: dict[str, list[np.ndarray]] = {p.point: [] for p in chosen}
+    with torch.no_grad(), observe(model, chosen, lambda p, o: vals[p.point].append(o.numpy())):
+        for x, _ in val:
+            model(x)
+    for e in soft:
+        x = np.concatenate([a.ravel() for a in vals[e.point]]).astype(np.float64)
+        # log-sqrt2 by hand: code round(-2 log2 x) in 0..14, code 15 (and x = 0) means 0
+        code = np.clip(np.round(-2 * np.log2(np.maximum(x, 1e-30))), 0, 15)
+        xq = np.where((code < 15) & (x > 0), 2.0 ** (-code / 2), 0.0)
+        expected = 10 * math.log10((x**2).sum() / ((x - xq) ** 2).sum())
+        assert e.sqnr_db == pytest.approx(expected, abs=0.05), e.point
 
 
 def test_impact_equals_hand_quantized_accuracy(vit):
