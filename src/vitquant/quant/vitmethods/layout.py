@@ -105,7 +105,10 @@ def _block(model: nn.Module, name: str, block: nn.Module, dim: int) -> BlockPart
     for part in ("norm1", "norm2"):
         norm = getattr(block, part)
         if not _is_ln(norm) or tuple(norm.normalized_shape) != (dim,):
-            raise _refuse(model, f"{name}.{part} is a {type(norm).__name__}, not LayerNorm({dim})")
+            rotated = isinstance(norm, nn.RMSNorm)
+            hint = " (rotate replaced it: apply rotate last)" if rotated else ""
+            problem = f"{name}.{part} is a {type(norm).__name__}, not LayerNorm({dim}){hint}"
+            raise _refuse(model, problem)
     for part in ("ls1", "ls2"):
         ls = getattr(block, part)
         if not (_is_identity(ls) or isinstance(getattr(ls, "gamma", None), nn.Parameter)):

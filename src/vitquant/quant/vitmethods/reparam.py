@@ -85,6 +85,37 @@ def _ratio(width: torch.Tensor) -> float | None:
     return float(pos.max() / pos.min()) if len(pos) else None
 
 
+def reparam_pair(
+    norm: nn.LayerNorm,
+    readers: Iterable[nn.Linear],
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    *,
+    bits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the map of ``reparam_factors(lo, hi)`` into ``norm`` and the Linears reading it.
+
+    ``gamma' = gamma / r``, ``beta' = (beta - delta) / r``; each reader ``W' = W diag(r)``,
+    ``b' = b + W delta``.
+
+    Args:
+        norm: the LayerNorm (C channels), edited in place.
+        readers: the Linears that read its output, edited in place.
+        lo: measured per-channel minimum of its output, (C,).
+        hi: measured per-channel maximum, (C,).
+        bits: see ``reparam_factors``.
+
+    Returns:
+        ``(r, delta)``, float64 (C,) each.
+    """
+    r, delta = reparam_factors(lo, hi, bits=bits)  # (C,), (C,)
+    gamma, beta = ln_affine(norm)
+    set_ln_affine(norm, gamma / r, (beta - delta) / r)
+    for reader in readers:
+        absorb_input_affine(reader, r, delta)
+    return r, delta
+
+
 def ln_reparam(model: nn.Module, batches: Iterable, *, bits: int | None = None) -> dict:
     """Reparameterize every LayerNorm -> Linear pair of a DeiT-style ViT in place (RepQ-ViT).
 
@@ -112,11 +143,8 @@ def ln_reparam(model: nn.Module, batches: Iterable, *, bits: int | None = None) 
     layers = {}
     for pair in layout.pairs:
         rng = ranges[pair.name]
-        r, delta = reparam_factors(rng.min, rng.max, bits=bits)  # (C,), (C,)
-        gamma, beta = ln_affine(pair.norm)
-        set_ln_affine(pair.norm, gamma / r, (beta - delta) / r)
-        for _, reader in pair.readers:
-            absorb_input_affine(reader, r, delta)
+        readers = [reader for _, reader in pair.readers]
+        r, delta = reparam_pair(pair.norm, readers, rng.min, rng.max, bits=bits)  # (C,) each
         lo_after = (rng.min.double() - delta) / r  # (C,)
         hi_after = (rng.max.double() - delta) / r
         layers[pair.name] = {
