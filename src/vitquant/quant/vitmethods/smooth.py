@@ -21,7 +21,8 @@ In a ViT the division by ``s`` is free where ``X`` comes out of something per-ch
 
 Both ``max|X_j|`` and ``max|W_j|`` are clamped at ``1e-5`` (as the paper's code does) so a dead
 channel gives a finite scale. All statistics are measured once before any fold: every fold is
-exact, so later layers see the same activations either way.
+exact, so later layers see the same activations either way. The value paths go first, so the
+``norm1`` scales see the ``qkv`` weight as it will be quantized (its v rows already divided).
 """
 
 from __future__ import annotations
@@ -110,6 +111,14 @@ def smoothquant(model: nn.Module, batches: Iterable, *, alpha: float = 0.5) -> d
             "scale_max": float(s.max()),
         }
 
+    for b in values:
+        dim_v = b.proj.in_features  # attn_dim = heads * head_dim
+        act = ranges[f"{b.name}.attn.proj"].absmax  # (attn_dim,)
+        w_before = _column_absmax([b.proj])
+        s = smooth_scales(act, w_before, alpha=alpha)  # (attn_dim,)
+        scale_outputs(b.qkv, slice(2 * dim_v, 3 * dim_v), 1 / s)  # v channels / s
+        absorb_input_affine(b.proj, s)
+        record(f"{b.name}.attn.v", [f"{b.name}.attn.proj"], act, w_before, w_before * s, s)
     for pair in layout.pairs:
         linears = [lin for _, lin in pair.readers]
         act = ranges[pair.name].absmax  # (C,)
@@ -121,12 +130,4 @@ def smoothquant(model: nn.Module, batches: Iterable, *, alpha: float = 0.5) -> d
             absorb_input_affine(lin, s)
         record(pair.name, [n for n, _ in pair.readers], act, w_before, w_before * s, s)
 
-    for b in values:
-        dim_v = b.proj.in_features  # attn_dim = heads * head_dim
-        act = ranges[f"{b.name}.attn.proj"].absmax  # (attn_dim,)
-        w_before = _column_absmax([b.proj])
-        s = smooth_scales(act, w_before, alpha=alpha)  # (attn_dim,)
-        scale_outputs(b.qkv, slice(2 * dim_v, 3 * dim_v), 1 / s)  # v channels / s
-        absorb_input_affine(b.proj, s)
-        record(f"{b.name}.attn.v", [f"{b.name}.attn.proj"], act, w_before, w_before * s, s)
     return {"method": "smoothquant", "alpha": float(alpha), "layers": layers}
