@@ -44,9 +44,7 @@ def test_sqnr_matches_numpy(vit):
     model, calib, val = vit
     points = observation_points(model, calib[0][:2])
     setting = PointSetting(abits=lambda _name: 4, quantize_attention=True)
-    errors = point_errors(
-        model, points, setting, calib=lambda: calib, val=lambda: val, impact=None
-    )
+    errors = point_errors(model, points, setting, calib=lambda: calib, val=lambda: val, impact=None)
     chosen = quantized_points(points, setting)
     assert [e.point for e in errors] == [p.point for p in chosen]
     assert {e.kind for e in errors} >= {"norm", "act", "softmax", "qkv"}

@@ -30,9 +30,7 @@ def minmax(ctx: Context, variant_result) -> StepResult:
     label = _label(ctx)
     row = _measure(ctx, f"{label}-minmax")
     ctx.lowbit_best = row
-    return variant_result(
-        row, f"quantized every layer at {label} with min-max ranges (simulated)"
-    )
+    return variant_result(row, f"quantized every layer at {label} with min-max ranges (simulated)")
 
 
 def vit_methods(ctx: Context, variant_result) -> StepResult:

@@ -27,56 +27,41 @@ from torch import nn
 from vitquant.errors import VitquantError
 
 
-@dataclass(frozen=True)
-class Method:
-    """One ViT-aware method: its name on the command line, its kind and what it does."""
+def _registry() -> dict:
+    """Every method in application order: the transforms of ``vitquant.quant.vitmethods`` (one
+    registry, theirs), then the quantizer and weight methods (``fn`` None: options of
+    ``apply_methods``)."""
+    from vitquant.quant.vitmethods import METHODS as TRANSFORMS
+    from vitquant.quant.vitmethods import Method
 
-    name: str
-    kind: str  # transform | quantizer | weights
-    description: str
-
-
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method(
-            "smoothquant",
-            "transform",
-            "SmoothQuant: per-channel activation outliers migrated into the next Linear's "
-            "weights (alpha 0.5), folded into the LayerNorm affine",
-        ),
-        Method(
-            "ln-reparam",
-            "transform",
-            "RepQ-ViT: per-channel post-LayerNorm scale and shift folded into the LayerNorm "
-            "affine and the next Linear, so one per-tensor scale fits every channel",
-        ),
-        Method(
-            "rotate",
-            "transform",
-            "QuaRot/GLF-Q: LayerNorm -> RMSNorm fold and an offline Hadamard rotation of the "
-            "residual stream (and an online one before fc2), spreading outlier channels",
-        ),
+    extra = (
         Method(
             "twin-gelu",
             "quantizer",
             "PTQ4ViT: twin-uniform quantizer for post-GELU activations (a fine step for the "
             "negative tail, a coarse one for the positive range)",
+            None,
         ),
         Method(
             "log2-softmax",
             "quantizer",
             "RepQ-ViT: log-sqrt2 quantizer for the post-softmax attention map (power-law "
             "probabilities; only with --quantize-attention)",
+            None,
         ),
         Method(
             "gptq",
             "weights",
             "GPTQ: W-bit weights rounded column by column on the calibration images, each "
             "rounding error compensated by the columns not yet rounded",
+            None,
         ),
     )
-}
+    order = ("smoothquant", "ln-reparam", "rotate")
+    return {**{n: TRANSFORMS[n] for n in order}, **{m.name: m for m in extra}}
+
+
+METHODS = _registry()
 ORDER = tuple(METHODS)  # the order they are applied in
 
 
@@ -153,14 +138,10 @@ def apply_methods(
     work = copy.deepcopy(model).eval()
     seconds: dict[str, float] = {}
     reports: dict[str, dict] = {}
-    if any(METHODS[n].kind == "transform" for n in names):
-        from vitquant.quant.vitmethods import METHODS as TRANSFORMS
-
-        for name in names:
-            if METHODS[name].kind != "transform":
-                continue
+    for name in names:
+        if METHODS[name].kind == "transform":
             t0 = time.perf_counter()
-            reports[name] = TRANSFORMS[name].fn(work, batches) or {}
+            reports[name] = METHODS[name].fn(work, batches) or {}
             seconds[name] = time.perf_counter() - t0
     options = {}
     if "log2-softmax" in names:

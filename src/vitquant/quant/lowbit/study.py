@@ -182,7 +182,9 @@ def run_lowbit(
     return result
 
 
-def measure_applied(measurer: Measurer, applied: Applied, variant: str, artifacts: Path) -> ResultRow:
+def measure_applied(
+    measurer: Measurer, applied: Applied, variant: str, artifacts: Path
+) -> ResultRow:
     """Save the converted graph (``.pt2``) and measure its eager emulation (``simulated``)."""
     from vitquant.quant.artifacts import save_pt2e
 
@@ -211,4 +213,6 @@ def measure_applied(measurer: Measurer, applied: Applied, variant: str, artifact
 
 def describe_methods() -> list[dict]:
     """``[{name, kind, description}]`` of every ViT-aware method, for --help and reports."""
-    return [{"name": m.name, "kind": m.kind, "description": m.description} for m in METHODS.values()]
+    return [
+        {"name": m.name, "kind": m.kind, "description": m.description} for m in METHODS.values()
+    ]
