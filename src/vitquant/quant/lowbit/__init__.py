@@ -1,0 +1,1 @@
+"""Low-bit (below int8) weight quantization."""

@@ -1,0 +1,1 @@
+"""ViT-specific post-training quantization methods."""
