@@ -104,6 +104,23 @@ def test_float_invariance_random_models(model_name, method):
     assert relative_change(model, transformed, torch.randn(4, *shape) * 2) < TOL
 
 
+@pytest.mark.parametrize(
+    "apply",
+    [
+        partial(ln_reparam, bits=4),
+        partial(smoothquant, alpha=0.8),
+        lambda model, _batches: hadamard_rotate(model, seed=3, online_fc2=False),
+    ],
+    ids=["ln-reparam-bits4", "smoothquant-alpha0.8", "rotate-offline-only"],
+)
+def test_float_invariance_with_options(apply):
+    model = perturbed(digits_vit(), seed=1)
+    x = torch.randn(8, 1, 8, 8)
+    transformed = copy.deepcopy(model)
+    apply(transformed, [(x, torch.zeros(8))])
+    assert relative_change(model, transformed, x) < TOL
+
+
 @pytest.fixture(scope="module")
 def trained(assets):
     """The trained cifar_vit and 128 CIFAR-10 calibration images in two batches."""
