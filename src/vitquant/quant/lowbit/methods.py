@@ -83,15 +83,32 @@ def parse_methods(text: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(n for n in ORDER if n in names)
 
 
-def applicable(methods: Iterable[str], cfg) -> tuple[str, ...]:
-    """The methods that change something in setting ``cfg`` (``log2-softmax`` needs quantized
-    attention; ``gptq`` needs weights below 8 bits somewhere)."""
-    out = []
-    for name in methods:
-        if name == "log2-softmax" and not cfg.quantize_attention:
-            continue
-        out.append(name)
-    return tuple(out)
+def applicable(methods: Iterable[str], cfg, model: nn.Module) -> tuple[str, ...]:
+    """The methods that change something for ``model`` at setting ``cfg``: the transforms need
+    a DeiT-style ViT, ``twin-gelu`` a GELU, ``log2-softmax`` quantized attention."""
+    return tuple(n for n in methods if why_not(n, cfg, model) is None)
+
+
+def why_not(name: str, cfg, model: nn.Module) -> str | None:
+    """Why method ``name`` does not apply to ``model`` at ``cfg`` (None: it applies)."""
+    from vitquant.analysis.hooks import attention_modules, is_activation
+
+    kind = METHODS[name].kind
+    if kind == "transform":
+        from vitquant.quant.vitmethods.layout import vit_layout
+
+        try:
+            vit_layout(model)
+        except VitquantError as exc:
+            return f"{name} rewrites DeiT-style ViTs only ({exc})"
+    if name == "twin-gelu" and not any(is_activation(m) for m in model.modules()):
+        return "twin-gelu quantizes GELU outputs and the model has no GELU"
+    if name == "log2-softmax":
+        if not attention_modules(model):
+            return "log2-softmax quantizes attention maps and the model has no timm attention"
+        if not cfg.quantize_attention:
+            return "log2-softmax needs --quantize-attention (the softmax output stays float)"
+    return None
 
 
 @dataclass

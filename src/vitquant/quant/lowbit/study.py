@@ -8,7 +8,8 @@ measures, with the caller's ``Measurer`` (val for every choice, test for the rep
 variant             what
 =================== ===========================================================================
 ``W4A4-minmax``     the baseline: min-max ranges, per-channel weights, per-tensor activations
-``W4A4+rotate``     one row per method alone (``job.methods`` None, ``job.compare_each``)
+``W4A4+rotate``     one row per method alone (``job.methods`` None: the recipe is chosen from them)
+``W4A4-all``        every applicable method together (``job.all_together``)
 ``W4A4-vit``        the recipe: every method whose row beat min-max on val, together (the best
                     single method instead when the combination is worse on val); with
                     ``job.methods`` given, exactly those methods
@@ -37,6 +38,7 @@ from vitquant.quant.lowbit.methods import (
     applicable,
     apply_methods,
     calibration_batches,
+    why_not,
 )
 from vitquant.results import ResultRow
 
@@ -51,21 +53,20 @@ class LowBitJob:
         setting: the low-bit setting (a ``LowBitPTQ``).
         methods: the ViT-aware methods of the recipe row (None: chosen on val among every
             applicable method, each measured alone first).
-        compare_each: with ``methods`` None, one row per method alone (the comparison table);
-            False measures them on val only to choose the recipe.
+        all_together: with ``methods`` None, also a row with every applicable method.
         ignore: module names kept in float in every row.
     """
 
     setting: object
     methods: tuple[str, ...] | None = None
-    compare_each: bool = True
+    all_together: bool = False
     ignore: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
             "setting": self.setting.to_dict(),
             "methods": None if self.methods is None else list(self.methods),
-            "compare_each": self.compare_each,
+            "all_together": self.all_together,
             "ignore": list(self.ignore),
         }
 
@@ -141,20 +142,23 @@ def run_lowbit(
     else:
         result.val_accuracy[base.variant] = base.val_accuracy
     if job.methods is not None:
-        chosen = applicable(job.methods, job.setting)
-        if not chosen:
-            raise VitquantError(
-                f"none of the methods {', '.join(job.methods)} applies to {label} "
-                "(log2-softmax needs --quantize-attention)."
-            )
+        reasons = [r for n in job.methods if (r := why_not(n, job.setting, model)) is not None]
+        if reasons:
+            raise VitquantError("; ".join(reasons) + ": drop it from --vit-methods.")
+        chosen = tuple(job.methods)
         measure(chosen, f"{label}-vit")
         result.recipe, result.recipe_variant = chosen, f"{label}-vit"
         result.choice = f"the methods asked for: {', '.join(chosen)}"
         return result
 
     singles: dict[str, ResultRow] = {}
-    for name in applicable(ORDER, job.setting):
+    every = applicable(ORDER, job.setting, model)
+    skipped = [why_not(n, job.setting, model) for n in ORDER if n not in every]
+    result.notes.extend(f"not tried: {r}" for r in skipped)
+    for name in every:
         singles[name] = measure((name,), f"{label}+{name}")
+    if job.all_together:
+        measure(every, f"{label}-all")
     helped = [n for n, r in singles.items() if r.val_accuracy > base.val_accuracy]
     if not helped:
         result.recipe, result.recipe_variant = (), base.variant
