@@ -5,7 +5,8 @@
 writes: the results rows (fp32 and ``vitquant.quant.lowbit.study``'s), how the recipe was chosen,
 and for the min-max setting and the recipe's quantizers the per-point error table
 (``vitquant.analysis.point_error``) with the rank correlation between each point's IQR outlier
-percentage and its error / accuracy impact.
+percentage and its error / accuracy impact. Nothing is timed: an emulated low-bit graph's
+latency says nothing about a deployed kernel.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from vitquant.measure import Candidate, Measurer
-from vitquant.quant.lowbit.study import LowBitJob, LowBitResult, run_lowbit
+from vitquant.quant.lowbit.study import LowBitJob, LowBitResult, check_job, run_lowbit
 from vitquant.results import ResultRow, ScoreWeights
 
 
@@ -75,13 +76,13 @@ def lowbit_run(
     from vitquant.layers import quantizable_names
     from vitquant.quant.artifacts import save_state_dict
 
+    check_job(job, model)
     artifacts = Path(artifacts)
     measurer = Measurer(
         bundle,
         spec,
         roles=("val", "test"),
-        latency_batches=(1,),
-        latency_batch=1,
+        latency_batches=(),  # emulated low-bit graphs: their latency says nothing of a kernel
         threads=threads,
         progress=progress,
         log=log,

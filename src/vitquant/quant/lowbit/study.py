@@ -96,6 +96,15 @@ class LowBitResult:
         }
 
 
+def check_job(job: LowBitJob, model: nn.Module) -> None:
+    """Refuse named methods that cannot apply to ``model`` (before anything is measured)."""
+    if job.methods is None:
+        return
+    reasons = [r for n in job.methods if (r := why_not(n, job.setting, model)) is not None]
+    if reasons:
+        raise VitquantError("; ".join(reasons) + ": drop it from --vit-methods.")
+
+
 def run_lowbit(
     model: nn.Module,
     bundle,
@@ -121,6 +130,7 @@ def run_lowbit(
 
     if "val" not in measurer.roles:
         raise VitquantError("the low-bit study chooses its recipe on val: measure val too.")
+    check_job(job, model)
     label = bits_label(job.setting)
     calib = calibration_batches(bundle, spec, job.setting)
     result = LowBitResult(label=label, rows=[], recipe=(), recipe_variant="")
@@ -142,9 +152,6 @@ def run_lowbit(
     else:
         result.val_accuracy[base.variant] = base.val_accuracy
     if job.methods is not None:
-        reasons = [r for n in job.methods if (r := why_not(n, job.setting, model)) is not None]
-        if reasons:
-            raise VitquantError("; ".join(reasons) + ": drop it from --vit-methods.")
         chosen = tuple(job.methods)
         measure(chosen, f"{label}-vit")
         result.recipe, result.recipe_variant = chosen, f"{label}-vit"
