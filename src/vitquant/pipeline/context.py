@@ -62,6 +62,7 @@ class Context:
     static_model: QuantizedModel | None = None
     choice: Choice | None = None
     pending_pte: dict[str, tuple] = field(default_factory=dict)
+    stats: list | None = None  # the analysis step's PointStats
     lowbit_best: ResultRow | None = None  # low-bit target: the best row so far (val)
     lowbit_recipe: tuple[str, ...] = ()  # low-bit target: the ViT-aware methods chosen
 

@@ -73,6 +73,7 @@ def fp32(ctx: Context) -> StepResult:
 def analysis(ctx: Context) -> StepResult:
     """Outlier statistics on ``calib``: which quantizable layers own significant points."""
     stats = ctx.analyze(ctx.out / "analyze")
+    ctx.stats = stats
     sig = significant_modules(stats, ctx.names)
     n_sig = sum(s.significant for s in stats)
     ctx.significant = sig

@@ -96,13 +96,22 @@ def lowbit_run(
     study = run_lowbit(model, bundle, spec, job, measurer=measurer, artifacts=artifacts, log=log)
     run = LowBitRun(rows=measurer.finalize(weights), study=study, threads=measurer.threads)
     if errors.enabled:
-        run.point_errors = point_error_tables(model, bundle, spec, job, study, errors, log=log)
+        run.point_errors = point_error_tables(
+            model, bundle, spec, job, errors, recipe=study.recipe, log=log
+        )
     return run
 
 
-def point_error_tables(model, bundle, spec, job: LowBitJob, study: LowBitResult, errors, *, log):
-    """The per-point error table of the min-max setting and, when the recipe changes the
-    softmax/GELU quantizers, of the recipe's quantizers too."""
+def point_error_tables(
+    model, bundle, spec, job: LowBitJob, errors: PointErrorJob, *, recipe=(), stats=None, log=print
+) -> dict:
+    """The per-point error table of the min-max setting and, when the ``recipe`` changes the
+    softmax/GELU quantizers, of the recipe's quantizers too.
+
+    Args:
+        stats: the ``PointStats`` of an analysis already run on ``model`` (None: computed here
+            on ``errors.stats_images`` calibration images).
+    """
     from vitquant.analysis.hooks import observation_points
     from vitquant.analysis.point_error import (
         PointSetting,
@@ -113,10 +122,11 @@ def point_error_tables(model, bundle, spec, job: LowBitJob, study: LowBitResult,
 
     setting = job.setting
     plan = setting.plan
-    log("per-point errors: outlier statistics on calib")
-    stats = collect_activation_stats(
-        model, bundle, spec, role="calib", limit=errors.stats_images, progress=False
-    )
+    if stats is None:
+        log("per-point errors: outlier statistics on calib")
+        stats = collect_activation_stats(
+            model, bundle, spec, role="calib", limit=errors.stats_images, progress=False
+        )
     by_point = {s.point: s for s in stats}
     example = next(bundle.batches("calib", spec, batch_size=2))[0]
     points = observation_points(model, example, family=spec.family)
@@ -129,7 +139,7 @@ def point_error_tables(model, bundle, spec, job: LowBitJob, study: LowBitResult,
         quantize_attention=setting.quantize_attention,
         ignore=frozenset(job.ignore),
     )}  # fmt: skip
-    recipe = set(study.recipe)
+    recipe = set(recipe)
     if recipe & {"log2-softmax", "twin-gelu"}:
         settings["recipe quantizers"] = PointSetting(
             abits=settings["minmax"].abits,
