@@ -115,3 +115,27 @@ def test_pte_weights_take_under_a_byte(lowered):
     print(f"8da4w .pte {size} bytes; fp32 parameters {fp32} bytes; {linear} Linear weights")
     assert size < fp32 / 3
     assert (size - rest) / linear < 0.75
+
+
+def test_gptq_scales_kept_exactly():
+    # GPTQ's grid (codes in [-7, 7] x per-channel scale) fits int4: the 8da4w layers hold
+    # exactly GPTQ's weights when given its scales.
+    from vitquant.quant.vitmethods.gptq import gptq
+
+    torch.manual_seed(1)
+    model = VisionTransformer(num_classes=10, **{**CIFAR_VIT_CONFIG, "depth": 1}).eval()
+    scales = gptq(model, [torch.randn(8, 3, 32, 32)], wbits=4)
+    q = quantize_8da4w(model, group_size=None, scales=scales)
+    assert count_int4_linears(q) == 5
+    originals = dict(model.named_modules())
+    for name, m in q.named_modules():
+        if name in scales:
+            assert torch.equal(m.weight.scale.reshape(-1), scales[name])
+            assert int(m.weight.qdata.abs().max()) <= 7
+            torch.testing.assert_close(
+                m.weight.dequantize(), originals[name].weight.detach(), rtol=0, atol=1e-7
+            )
+    with pytest.raises(VitquantError, match="group_size=None"):
+        quantize_8da4w(model, scales=scales)
+    with pytest.raises(VitquantError, match="needs \\(384,\\)"):
+        quantize_8da4w(model, group_size=None, scales={"blocks.0.attn.qkv": torch.ones(3)})

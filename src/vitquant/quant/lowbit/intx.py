@@ -54,7 +54,11 @@ def _config(group_size: int | None):
 
 
 def quantize_8da4w(
-    model: nn.Module, *, group_size: int | None = DEFAULT_GROUP_SIZE, ignore: Iterable[str] = ()
+    model: nn.Module,
+    *,
+    group_size: int | None = DEFAULT_GROUP_SIZE,
+    ignore: Iterable[str] = (),
+    scales: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` whose Linear layers hold int4 weights and quantize inputs to int8.
 
@@ -63,12 +67,17 @@ def quantize_8da4w(
         group_size: input features sharing one weight scale; None: one scale per output channel.
             Must divide every quantized layer's ``in_features``.
         ignore: layers kept in float (names, globs or types, as in ``IgnoreScope``).
+        scales: layer name -> fixed per-output-channel scales (out,), e.g. from ``gptq(...,
+            wbits=4)``, whose weights already lie on ``code * scale`` with codes in [-7, 7]:
+            those layers keep exactly these codes and scales (zero point 0) instead of
+            torchao's own choice; needs ``group_size=None``.
 
     Returns:
         the torchao model, in eval mode (runs in PyTorch; lower it with ``lower_8da4w``).
 
     Raises:
-        VitquantError: a bad group size, or an ignore entry matching no layer.
+        VitquantError: a bad group size, an ignore entry matching no layer, or ``scales`` for
+            a layer that is not quantized or with the wrong shape.
     """
     from torchao.quantization import quantize_
 
@@ -87,11 +96,46 @@ def quantize_8da4w(
                     f"group_size {group_size} does not divide the {m.in_features} input features "
                     f"of {name}; pick a divisor (e.g. 32 or 16), or ignore that layer."
                 )
+    scales = dict(scales or {})
+    if scales and group_size is not None:
+        raise VitquantError("fixed scales are per output channel: pass group_size=None.")
     quantized = copy.deepcopy(model).eval()
+    modules = dict(quantized.named_modules())
+    for name, scale in scales.items():
+        if name not in chosen:
+            raise VitquantError(f"scales given for {name!r}, which is not a quantized Linear.")
+        _fixed_scale_weight(name, modules[name], scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_(quantized, _config(group_size), filter_fn=lambda _m, name: name in chosen)
+        quantize_(
+            quantized,
+            _config(group_size),
+            filter_fn=lambda _m, name: name in chosen and name not in scales,
+        )
     return quantized
+
+
+def _fixed_scale_weight(name: str, module: nn.Linear, scale: torch.Tensor) -> None:
+    """Put int4 codes ``round(W / scale)`` with the given per-channel scales into ``module``."""
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    w = module.weight.detach()  # (out, in)
+    if tuple(scale.shape) != (w.shape[0],):
+        raise VitquantError(
+            f"scales[{name!r}] has shape {tuple(scale.shape)}; {name} needs ({w.shape[0]},), "
+            "one per output channel."
+        )
+    s = scale.detach().to(w.dtype).reshape(-1, 1)  # (out, 1): one block per row
+    q = IntxUnpackedToInt8Tensor.from_hp(
+        w,
+        (1, w.shape[1]),
+        torch.int4,
+        activation_quantization="int8_asym_per_token",
+        intx_choose_qparams_algorithm=None,
+        custom_scale=s,
+        custom_zero_point=torch.zeros_like(s, dtype=torch.int8),
+    )
+    module.weight = nn.Parameter(q, requires_grad=False)
 
 
 def int4_linears(model: nn.Module) -> list[str]:
