@@ -200,20 +200,25 @@ def test_model_weights_on_grid_and_better_than_nearest(digits_vit):
     assert s_gptq > s_rtn + 3.0
 
 
+def without_chain(monkeypatch, per_block: int | None = None) -> None:
+    """Make ``gptq`` run the whole model for every layer (no cached block inputs)."""
+    plan = gptq_mod._plan
+
+    def patched(*args, **kw):
+        p = plan(*args, **kw)
+        assert p.chain and (per_block is None or len(p.block_of) == per_block * len(p.chain))
+        p.chain, p.block_of = [], {}
+        return p
+
+    monkeypatch.setattr(gptq_mod, "_plan", patched)
+
+
 def test_cached_blocks_equal_full_model_passes(digits_vit, monkeypatch):
     # Running one block on its cached inputs calibrates exactly like running the whole model.
     model, calib, _ = digits_vit
     cached = copy.deepcopy(model)
     gptq(cached, calib, wbits=4)
-    plan = gptq_mod._plan
-
-    def without_chain(*args, **kw):
-        p = plan(*args, **kw)
-        assert p.chain and len(p.block_of) == 4 * len(p.chain)  # qkv, proj, fc1, fc2 per block
-        p.chain, p.block_of = [], {}
-        return p
-
-    monkeypatch.setattr(gptq_mod, "_plan", without_chain)
+    without_chain(monkeypatch, per_block=4)  # qkv, proj, fc1, fc2
     full = copy.deepcopy(model)
     gptq(full, calib, wbits=4)
     for (name, a), b in zip(cached.named_parameters(), full.parameters(), strict=True):
@@ -231,3 +236,40 @@ def test_bits_per_layer_and_ignore(digits_vit):
     w = model.blocks[1].mlp.fc2.weight.detach()
     torch.testing.assert_close(scales["blocks.1.mlp.fc2"], w.abs().amax(dim=1) / 127)
     torch.testing.assert_close(scales["head"], model.head.weight.detach().abs().amax(dim=1) / 7)
+
+
+def test_named_sequential_blocks_are_cached_correctly(monkeypatch):
+    from collections import OrderedDict
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(
+                OrderedDict(
+                    (k, nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 6)))
+                    for k in ("first", "second")
+                )
+            )
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(self.blocks(x))
+
+    torch.manual_seed(0)
+    model, batches = Net(), [torch.from_numpy(correlated(64, 6, seed=7)).reshape(4, 16, 6)]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    plan = gptq_mod._plan(model, batches[0], names)
+    assert plan.order == names and len(plan.chain) == 2
+    assert plan.block_of == {
+        "blocks.first.0": 0,
+        "blocks.first.2": 0,
+        "blocks.second.0": 1,
+        "blocks.second.2": 1,
+    }
+    cached = copy.deepcopy(model)
+    gptq(cached, batches, wbits=3)
+    without_chain(monkeypatch)
+    full = copy.deepcopy(model)
+    gptq(full, batches, wbits=3)
+    for a, b in zip(cached.parameters(), full.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
