@@ -285,21 +285,21 @@ def _plan(model: nn.Module, x: torch.Tensor, names: list[str]) -> _Plan:
     # the Sequential holding the most layers (timm ViT: ``blocks``)
     best = max(seqs, key=lambda s: sum(n.startswith(f"{s[0]}.") for n in names), default=None)
     watched = {m: n for n, m in layers.items()}
+    children = [] if best is None else [f"{best[0]}.{c}" for c, _ in best[1].named_children()]
     if best is not None:
-        watched.update({best[1]: best[0], **{c: f"{best[0]}.{i}" for i, c in enumerate(best[1])}})
+        watched.update({best[1]: best[0], **dict(zip(best[1], children, strict=True))})
     calls: list[str] = []
     hooks = {m: (lambda _m, _a, n=n: calls.append(n)) for m, n in watched.items()}
     _run(model, [x], hooks=hooks)
     plan = _Plan(
         [n for n in dict.fromkeys(calls) if n in layers], {n for n in calls if calls.count(n) > 1}
     )
-    if best is not None:
-        prefix, seq = best
-        if all(calls.count(b) == 1 for b in [prefix, *(f"{prefix}.{i}" for i in range(len(seq)))]):
-            plan.chain = list(seq)
-            for n in plan.order:
-                if n.startswith(f"{prefix}."):
-                    plan.block_of[n] = int(n[len(prefix) + 1 :].split(".")[0])
+    if best is not None and all(calls.count(b) == 1 for b in [best[0], *children]):
+        plan.chain = list(best[1])
+        for n in plan.order:
+            for k, child in enumerate(children):
+                if n.startswith(f"{child}."):
+                    plan.block_of[n] = k
     return plan
 
 
