@@ -49,7 +49,7 @@ def run(model_name: str, setting: str, args, out: Path) -> dict:
         seed=0,
     )
     cfg = LowBitPTQ(**SETTINGS[setting], calib=args.calib)
-    job = LowBitJob(setting=cfg, all_together=True)
+    job = LowBitJob(setting=cfg, all_together=True, int4_kernels=args.int4_kernels)
     t0 = time.perf_counter()
     result = lowbit_run(
         loaded.model,
@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--impact-images", type=int, default=256)
     parser.add_argument("--no-point-errors", dest="point_errors", action="store_false")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--int4-kernels", action="store_true", help="W4A4: also the timed 8da4w ExecuTorch row"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

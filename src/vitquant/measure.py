@@ -56,6 +56,7 @@ class Candidate:
         simulated: int8 arithmetic emulated (quantize/dequantize in fp32), not executed.
         twin: ``(variant, backend)`` of an already measured row this candidate was made from;
             ``agreement_pt2e`` compares the two on the report split (``extra.twin`` names it).
+        timed: time it (False for an emulated graph whose latency says nothing of a kernel).
         extra: backend-specific details (keys listed in ``results.schema.json``).
     """
 
@@ -71,6 +72,7 @@ class Candidate:
     simulated: bool = False
     twin: tuple[str, str] | None = None
     extra: dict = field(default_factory=dict)
+    timed: bool = True
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -175,7 +177,7 @@ class Measurer:
         if self.find(cand.variant, cand.backend) is not None:
             raise VitquantError(f"{cand.variant}/{cand.backend} was already measured.")
         preds = self.predictions(cand.runner, f"{cand.variant} {cand.backend}")
-        lat = self.latency(cand.runner)
+        lat = self.latency(cand.runner) if cand.timed else {}
         fp32 = self.find(*FP32)
         ref = fp32.preds if fp32 else preds if (cand.variant, cand.backend) == FP32 else None
         twin = self.find(*cand.twin) if cand.twin else None

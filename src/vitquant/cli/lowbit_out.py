@@ -22,6 +22,7 @@ def run_lowbit_command(
     impact_images: int,
     threads: int | None,
     weights,
+    int4_kernels: bool = False,
 ) -> None:
     """Measure the low-bit study of ``setting`` and write ``quantize.json`` (+ .csv, .md)."""
     from vitquant.cli.quantize_cmd import _print, save_tables
@@ -30,7 +31,9 @@ def run_lowbit_command(
     from vitquant.quant.lowbit.study import LowBitJob
 
     methods = parse_methods(vit_methods) if vit_methods is not None else None
-    job = LowBitJob(setting=setting, methods=methods, ignore=tuple(ignored))
+    job = LowBitJob(
+        setting=setting, methods=methods, ignore=tuple(ignored), int4_kernels=int4_kernels
+    )
     run = lowbit_run(
         loaded.model,
         bundle,

@@ -158,6 +158,14 @@ def quantize(
     impact_images: Annotated[
         int, typer.Option(min=0, help="Low-bit runs: val images of each point's accuracy impact.")
     ] = 256,
+    int4_kernels: Annotated[
+        bool,
+        typer.Option(
+            help="Low-bit runs with --wbits 4: also int4 weights x int8 dynamic activations "
+            "(8da4w) lowered to ExecuTorch XNNPACK's real 4-bit kernels, measured and timed "
+            "(lowering takes minutes)."
+        ),
+    ] = False,
     onnx: OnnxOpt = True,
     lower: LowerOpt = True,
     latency_batch: LatencyBatchOpt = 1,
@@ -238,6 +246,7 @@ def quantize(
         run_lowbit_command(
             model, loaded, bundle, directory, lowbit, vit_methods, ignored,
             point_errors=point_errors, impact_images=impact_images, threads=threads,
+            int4_kernels=int4_kernels,
             weights=ScoreWeights(w_acc, w_size, w_speed),
         )  # fmt: skip
         return

@@ -5,8 +5,8 @@
 writes: the results rows (fp32 and ``vitquant.quant.lowbit.study``'s), how the recipe was chosen,
 and for the min-max setting and the recipe's quantizers the per-point error table
 (``vitquant.analysis.point_error``) with the rank correlation between each point's IQR outlier
-percentage and its error / accuracy impact. Nothing is timed: an emulated low-bit graph's
-latency says nothing about a deployed kernel.
+percentage and its error / accuracy impact. Only fp32 and the real-kernel ``8da4w`` row are
+timed: an emulated low-bit graph's latency says nothing about a deployed kernel.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def lowbit_run(
         bundle,
         spec,
         roles=("val", "test"),
-        latency_batches=(),  # emulated low-bit graphs: their latency says nothing of a kernel
+        latency_batches=(1, 32),  # fp32 and the 8da4w kernels; emulated rows are not timed
         threads=threads,
         progress=progress,
         log=log,

@@ -13,12 +13,14 @@ variant             what
 ``W4A4-vit``        the recipe: every method whose row beat min-max on val, together (the best
                     single method instead when the combination is worse on val); with
                     ``job.methods`` given, exactly those methods
+``8da4w``           with ``job.int4_kernels`` and 4-bit weights: int4 weights x int8 dynamic
+                    activations lowered to ExecuTorch XNNPACK's real 4-bit kernels, timed
 =================== ===========================================================================
 
-Every row is the converted pt2e graph run eagerly: quantize/dequantize in fp32 around float
-kernels, so the rows are ``simulated`` (backend ``pt2e-lowbit``) - no CPU runtime has 4- or 6-bit
-activation kernels. Each row's ``extra`` carries the setting, the methods and the seconds each
-method took (``method_seconds``).
+Every other row is the converted pt2e graph run eagerly: quantize/dequantize in fp32 around
+float kernels, so the rows are ``simulated`` (backend ``pt2e-lowbit``) and not timed - no CPU
+runtime has 4- or 6-bit activation kernels. Each row's ``extra`` carries the setting, the
+methods and the seconds each method took (``method_seconds``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from vitquant.errors import VitquantError
@@ -54,12 +57,14 @@ class LowBitJob:
         methods: the ViT-aware methods of the recipe row (None: chosen on val among every
             applicable method, each measured alone first).
         all_together: with ``methods`` None, also a row with every applicable method.
+        int4_kernels: also the ``8da4w`` row (4-bit weights only): real int4 kernels, timed.
         ignore: module names kept in float in every row.
     """
 
     setting: object
     methods: tuple[str, ...] | None = None
     all_together: bool = False
+    int4_kernels: bool = False
     ignore: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
@@ -67,6 +72,7 @@ class LowBitJob:
             "setting": self.setting.to_dict(),
             "methods": None if self.methods is None else list(self.methods),
             "all_together": self.all_together,
+            "int4_kernels": self.int4_kernels,
             "ignore": list(self.ignore),
         }
 
@@ -126,11 +132,20 @@ def run_lowbit(
         base: the min-max row when the caller measured it already (the pipeline's first step).
         log: progress lines.
     """
-    from vitquant.quant.lowbit.ptq import bits_label
 
     if "val" not in measurer.roles:
         raise VitquantError("the low-bit study chooses its recipe on val: measure val too.")
     check_job(job, model)
+    result = _study(model, bundle, spec, job, measurer, artifacts, base, log)
+    if job.int4_kernels and job.setting.wbits == 4:
+        result.rows.append(measure_8da4w(model, measurer, artifacts, job, log=log))
+    return result
+
+
+def _study(model, bundle, spec, job, measurer, artifacts, base, log) -> LowBitResult:
+    """The min-max, per-method and recipe rows (``run_lowbit`` without the kernel row)."""
+    from vitquant.quant.lowbit.ptq import bits_label
+
     label = bits_label(job.setting)
     calib = calibration_batches(bundle, spec, job.setting)
     result = LowBitResult(label=label, rows=[], recipe=(), recipe_variant="")
@@ -211,12 +226,42 @@ def measure_applied(
             float_layers=qm.float_layers,
             ignored=qm.ignored,
             simulated=True,
+            timed=False,
             extra={
                 "config": qm.config.to_dict(),
                 "methods": list(applied.methods),
                 "method_seconds": {k: round(v, 3) for k, v in applied.seconds.items()},
                 "int8": list(qm.int8_layers),
                 "float": list(qm.float_layers),
+            },
+        )
+    )
+
+
+def measure_8da4w(model, measurer: Measurer, artifacts: Path, job: LowBitJob, *, log) -> ResultRow:
+    """int4 weights (group 32, round to nearest) x int8 dynamic activations on every Linear,
+    lowered to an ExecuTorch XNNPACK ``.pte`` and measured - and timed - in its runtime."""
+    from vitquant.layers import quantizable_names
+    from vitquant.quant.lowbit.intx import load_8da4w, lower_8da4w, quantize_8da4w
+
+    log("8da4w: int4 weights x int8 dynamic activations, lowering to ExecuTorch XNNPACK")
+    q = quantize_8da4w(model, ignore=job.ignore)
+    example = next(iter(measurer.examples.values()), None)
+    if example is None:
+        example = torch.zeros(2, *measurer.spec.input_size)
+    exported = lower_8da4w(q, example, Path(artifacts) / "8da4w.pte", max_batch=32)
+    return measurer.measure(
+        Candidate(
+            "8da4w",
+            "executorch-xnnpack",
+            load_8da4w(exported.path, threads=measurer.threads),
+            runtime="executorch",
+            artifact=exported.path,
+            int8_layers=exported.int4_layers,  # int4 weights x int8 activations, real kernels
+            float_layers=[n for n in quantizable_names(model) if n not in exported.int4_layers],
+            extra={
+                "methods": [],
+                "config": {"weights": "int4, group 32", "activations": "int8 dynamic per token"},
             },
         )
     )
