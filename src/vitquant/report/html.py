@@ -72,6 +72,13 @@ def render(contents: RunContents, *, title: str = "vitquant report") -> str:
     analyze = next(
         (doc for rel, doc in contents.documents.items() if Path(rel).name == "analyze.json"), None
     )
+    from vitquant.report.lowbit import lowbit_story
+
+    stories = [
+        {"source": rel, **story}
+        for rel, doc in contents.documents.items()
+        if (story := lowbit_story(doc)) is not None
+    ]
     template = env.get_template("report.html.j2")
     return template.render(
         title=title,
@@ -82,6 +89,7 @@ def render(contents: RunContents, *, title: str = "vitquant report") -> str:
         sections=sections,
         pipeline=pipeline,
         analyze=analyze,
+        stories=stories,
         commands=contents.commands,
         n_plots=len(contents.plots),
     )
