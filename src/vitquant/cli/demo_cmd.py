@@ -4,8 +4,9 @@ Trains the digits models if they are not cached, then runs the pipeline on ``dig
 compares it with ``digits_cnn``, takes ``digits_vit`` down the edge path (ExecuTorch's XNNPACK
 quantizer, ``.pte`` programs run by ExecuTorch), runs the pipeline once more where a ViT really
 loses accuracy - the reference CIFAR-10 ViT at W4A4 with its attention matmuls quantized, on
-subsets of CIFAR-10 - so the ViT-aware methods win it back, and writes the HTML report. Each step runs as its
-own ``vitquant`` command so the report shows the exact command behind every figure.
+subsets of CIFAR-10 - so the ViT-aware methods win it back, and writes the HTML report. Each
+step runs as its own ``vitquant`` command so the report shows the exact command behind every
+figure.
 """
 
 from __future__ import annotations
