@@ -44,28 +44,25 @@ import torch
 from torch import nn
 
 from vitquant.errors import VitquantError
+from vitquant.quant.lowbit.bits import check_bits
+from vitquant.quant.lowbit.numerics import weight_range
 from vitquant.quant.scope import resolve_modules
 
 DEFAULT_DAMP = 0.01
 DEFAULT_BLOCK = 128
 
 
-def _check_bits(bits, where: str = "bits") -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise VitquantError(f"{where} must be an integer from 2 to 8 (e.g. 4), got {bits!r}.")
-    return bits
-
-
 def grid_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-output-channel scales of the grid: ``max|W_c| / (2^(bits-1) - 1)``, shape (out,)."""
-    qmax = 2 ** (_check_bits(bits) - 1) - 1
+    """Per-output-channel scales of the grid: ``max|W_c| / (2^(bits-1) - 1)``, shape (out,)
+    (the low-bit quantizer's weight grid, ``numerics.weight_range``)."""
+    _, qmax = weight_range(bits)
     amax = weight.detach().abs().amax(dim=1)  # (out,)
     return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
 
 
 def round_to_grid(w: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
     """Round ``w`` (out,) or (out, k) onto the grid of ``scales`` (out,); dequantized values."""
-    qmax = 2 ** (bits - 1) - 1
+    _, qmax = weight_range(bits)
     s = scales if w.dim() == 1 else scales[:, None]
     return torch.clamp(torch.round(w / s), -qmax, qmax) * s
 
@@ -100,7 +97,7 @@ def gptq_quantize_weight(
     Raises:
         VitquantError: bad shapes or options, or ``H`` not positive definite after damping.
     """
-    _check_bits(bits)
+    check_bits(bits)
     if weight.dim() != 2:
         raise VitquantError(f"GPTQ quantizes 2-D Linear weights, got shape {tuple(weight.shape)}.")
     cols = weight.shape[1]
@@ -318,9 +315,9 @@ def _block_inputs(model: nn.Module, block: nn.Module, inputs: list[torch.Tensor]
 def _bits_of(wbits: Callable[[str], int | None] | int) -> Callable[[str], int | None]:
     if callable(wbits):
         return lambda name: (
-            None if (b := wbits(name)) is None else _check_bits(b, f"wbits({name!r})")
+            None if (b := wbits(name)) is None else check_bits(b, f"wbits({name!r})")
         )
-    _check_bits(wbits, "wbits")
+    check_bits(wbits, "wbits")
     return lambda _name: wbits
 
 
