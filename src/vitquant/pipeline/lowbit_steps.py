@@ -26,11 +26,24 @@ def _measure(ctx: Context, variant: str, methods=(), ignore=()):
 
 
 def minmax(ctx: Context, variant_result) -> StepResult:
-    """The target setting with plain min-max ranges: the loss to explain and win back."""
+    """The target setting with plain min-max ranges: the loss to explain and win back, and
+    where it comes from (the per-point error table and its correlation with the outliers)."""
+    from vitquant.quant.lowbit.flow import PointErrorJob, point_error_tables
+    from vitquant.quant.lowbit.study import LowBitJob
+
     label = _label(ctx)
     row = _measure(ctx, f"{label}-minmax")
     ctx.lowbit_best = row
-    return variant_result(row, f"quantized every layer at {label} with min-max ranges (simulated)")
+    result = variant_result(
+        row, f"quantized every layer at {label} with min-max ranges (simulated)"
+    )
+    n_val = min(256, len(ctx.bundle.val_idx))
+    errors = PointErrorJob(val_images=n_val, impact_images=min(128, n_val))
+    result.record["point_errors"] = point_error_tables(
+        ctx.model, ctx.bundle, ctx.spec, LowBitJob(setting=ctx.cfg.lowbit), errors,
+        stats=ctx.stats, log=ctx.log,
+    )  # fmt: skip
+    return result
 
 
 def vit_methods(ctx: Context, variant_result) -> StepResult:
