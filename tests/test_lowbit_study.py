@@ -124,3 +124,21 @@ def test_quantize_command_lowbit(digits_models, tmp_path):
     bad.remove("--quantize-attention")
     proc = subprocess.run(bad, capture_output=True, text=True)
     assert proc.returncode != 0 and "--quantize-attention" in proc.stderr
+
+
+def test_api_quantizes_any_module_at_low_bits(digits):
+    import vitquant as vq
+
+    loaded, bundle = digits
+    calib = list(bundle.batches("calib", loaded.spec, batch_size=32))
+    test = list(bundle.batches("test", loaded.spec, batch_size=64))
+    cfg = vq.LowBitPTQ(wbits=2, abits=4, quantize_attention=True, calib=64)
+    q = vq.quantize(loaded.model, cfg, methods=["gptq"], calibration=calib, test=test)
+    assert q.variant == "W2A4-attn-gptq" and q.backend == "pt2e-lowbit" and q.simulated
+    fp32, row = q.rows
+    assert row.latency_ms_per_image is None  # emulated: not timed
+    # the row's accuracy equals an independent evaluation of the returned model on test
+    right = sum(int((q(x).argmax(-1) == y).sum()) for x, y in test)
+    assert row.accuracy == pytest.approx(right / sum(len(y) for _, y in test))
+    with pytest.raises(VitquantError, match="LowBitPTQ"):
+        vq.quantize(loaded.model, vq.StaticPTQ(), methods=["gptq"], calibration=calib)

@@ -34,8 +34,9 @@ def test_methods_run_before_ignore_lists_and_decisions_are_recorded(run):
     assert val["W2A4-attn-minmax"] > 0.5 and by_step["static"]["status"] == "miss"
     # ... so the methods run, and the step records the recipe and the drop before/after
     assert by_step["vit-methods"]["decision"].startswith("recipe: gptq")
-    assert f"{val['W2A4-attn-minmax']:.2f} -> {val['W2A4-attn-vit']:.2f}" in (
-        by_step["vit-methods"]["reason"]
+    assert (
+        f"{val['W2A4-attn-minmax']:.2f} -> {val['W2A4-attn-vit']:.2f}"
+        in (by_step["vit-methods"]["reason"])
     )
     for step in ("static-auto", "dynamic", "qat"):
         assert by_step[step]["status"] == "skip"

@@ -7,9 +7,9 @@ as a name (``"digits"``, ``"cifar10"``, a folder) or your own ``(images, labels)
     vq.load_model, vq.load_data, vq.evaluate, vq.analyze, vq.sensitivity, vq.quantize,
     vq.load_artifact, vq.qat, vq.search, vq.pipeline, vq.compare, vq.report
 
-and the recipes ``StaticPTQ``, ``DynamicPTQ``, ``QuantizeJob``, ``QATConfig``, ``SearchConfig``,
-``SearchSpace``, ``PipelineConfig``, ``IgnoreScope``. Every result has ``to_dict()`` (the JSON the
-command line writes) and ``save(dir)``. Names are imported on first use, so ``import vitquant``
+and the recipes ``StaticPTQ``, ``LowBitPTQ``, ``DynamicPTQ``, ``QuantizeJob``, ``QATConfig``,
+``SearchConfig``, ``SearchSpace``, ``PipelineConfig``, ``IgnoreScope``. Every result has
+``to_dict()`` (the JSON the command line writes) and ``save(dir)``. Names are imported on first use, so ``import vitquant``
 stays light (no torch).
 """
 
@@ -37,6 +37,7 @@ _LAZY = {
     "compare": ("vitquant.api.flows", "compare"),
     "report": ("vitquant.api.flows", "report"),
     "StaticPTQ": ("vitquant.quant.configs", "StaticPTQ"),
+    "LowBitPTQ": ("vitquant.quant.lowbit.ptq", "LowBitPTQ"),
     "DynamicPTQ": ("vitquant.quant.configs", "DynamicPTQ"),
     "QuantizeJob": ("vitquant.quant.run", "QuantizeJob"),
     "QATConfig": ("vitquant.quant.qat", "QATConfig"),

@@ -74,7 +74,10 @@ class Quantized(Result):
     def simulated(self) -> bool:
         """pt2e graphs run eagerly emulate int8 (quantize/dequantize around float kernels)."""
         from vitquant.quant.backends import backend_for_label
+        from vitquant.quant.lowbit.study import BACKEND as LOWBIT
 
+        if self.backend == LOWBIT:
+            return True
         target = backend_for_label(self.backend)
         return target is not None and self.backend == target.graph_label
 
@@ -168,6 +171,7 @@ class Quantized(Result):
         """This model as a ``vitquant.measure.Candidate`` (size from ``artifact`` or a temporary
         save)."""
         from vitquant.measure import Candidate
+        from vitquant.quant.lowbit.study import BACKEND as LOWBIT
 
         size = None
         if artifact is None:
@@ -186,6 +190,7 @@ class Quantized(Result):
             float_layers=self.float_layers,
             ignored=self.ignored,
             simulated=self.simulated,
+            timed=self.backend != LOWBIT,  # a low-bit emulation's latency says nothing
             extra=extra,
         )
 
@@ -205,13 +210,15 @@ def quantize(
     latency_batches: Sequence[int] = (1, 32),
     threads: int | None = None,
     family: str | None = None,
+    methods: Sequence[str] = (),
     log: Callable[[str], None] | None = None,
 ) -> Quantized | QuantizeRun:
     """Quantize ``model`` with one recipe, or run a whole ``QuantizeJob``.
 
     Args:
         model: any ``nn.Module`` (or a registry name / ``load_model`` module).
-        config: ``StaticPTQ()`` (default), ``DynamicPTQ()`` or a ``QuantizeJob``.
+        config: ``StaticPTQ()`` (default), ``DynamicPTQ()``, ``LowBitPTQ(wbits=4, abits=4,
+            quantize_attention=True, ...)`` (simulated low-bit) or a ``QuantizeJob``.
         ignore: layers kept in float: an ``IgnoreScope`` or entries (names, globs such as
             ``"blocks.0.*"``, ``"type:Linear"``); an entry matching nothing is an error that
             names the closest layers. A ``QuantizeJob`` carries its own (``job.ignore``).
@@ -226,23 +233,29 @@ def quantize(
         latency_batches: batch sizes timed on test images (empty: no timing).
         threads: intra-op threads while measuring (None: all cores).
         family: ``vit`` or ``cnn`` for a module vitquant did not build (None: guessed).
+        methods: ``LowBitPTQ`` only: ViT-aware methods by name (``rotate``, ``ln-reparam``,
+            ``smoothquant``, ``twin-gelu``, ``log2-softmax``, ``gptq``; see
+            ``vitquant.quant.lowbit.methods``).
         log: where progress lines go (None: silent).
 
     Returns:
         A ``Quantized`` (one recipe) or a ``QuantizeRun`` (a job).
     """
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
+    from vitquant.quant.lowbit import LowBitPTQ
     from vitquant.quant.run import QuantizeJob
 
     config = StaticPTQ() if config is None else config
+    if methods and not isinstance(config, LowBitPTQ):
+        raise VitquantError("methods= are ViT-aware methods of a low-bit recipe: pass LowBitPTQ().")
     if isinstance(config, QuantizeJob):
         if ignore is not None:
             raise VitquantError("a QuantizeJob carries its ignore list: QuantizeJob(ignore=...).")
         s = setup(model, data=data, calibration=calibration, val=val, test=test, family=family)
         return _run_job(s, config, out=out, log=log)
-    if not isinstance(config, StaticPTQ | DynamicPTQ):
+    if not isinstance(config, StaticPTQ | DynamicPTQ | LowBitPTQ):
         raise VitquantError(
-            f"config must be StaticPTQ(), DynamicPTQ() or a QuantizeJob, not "
+            f"config must be StaticPTQ(), DynamicPTQ(), LowBitPTQ() or a QuantizeJob, not "
             f"{type(config).__name__}."
         )
     if backend is not None and not isinstance(config, DynamicPTQ):
@@ -262,7 +275,7 @@ def quantize(
         family=family,
         optional=eager,
     )
-    q = _quantize_one(s, config, ignore=ignore, backend=backend)
+    q = _quantize_one(s, config, ignore=ignore, backend=backend, methods=tuple(methods))
     artifact = None
     if out is not None:
         artifact = q.export(Path(out) / (f"{q.variant}.pt2" if q.simulated else f"{q.variant}.pt"))
@@ -285,9 +298,10 @@ def _example(s: Setup) -> torch.Tensor | None:
     return None
 
 
-def _quantize_one(s: Setup, config, *, ignore, backend: str | None) -> Quantized:
+def _quantize_one(s: Setup, config, *, ignore, backend: str | None, methods=()) -> Quantized:
     from vitquant.quant.backends import get_backend
     from vitquant.quant.configs import StaticPTQ
+    from vitquant.quant.lowbit import LowBitPTQ
     from vitquant.quant.pt2e import quantize_static
     from vitquant.quant.scope import ResolvedScope
 
@@ -297,6 +311,16 @@ def _quantize_one(s: Setup, config, *, ignore, backend: str | None) -> Quantized
         s.require("calib", why="static PTQ")
         qm = quantize_static(s.model, s.data, s.spec, config, ignore=scope)
         variant, label = "static", get_backend(config.backend).graph_label
+    elif isinstance(config, LowBitPTQ):
+        from vitquant.quant.lowbit import bits_label
+        from vitquant.quant.lowbit.methods import apply_methods
+        from vitquant.quant.lowbit.study import BACKEND, LowBitJob, check_job
+
+        s.require("calib", why="low-bit PTQ")
+        check_job(LowBitJob(setting=config, methods=tuple(methods)), s.model)
+        qm = apply_methods(s.model, s.data, s.spec, config, methods, ignore=modules).qm
+        suffix = "+".join(methods) if methods else "minmax"
+        variant, label = f"{bits_label(config)}-{suffix}", BACKEND
     else:
         dyn = get_backend(backend or "x86")
         example = _example(s) if s.data is not None else None
