@@ -9,8 +9,8 @@ as a name (``"digits"``, ``"cifar10"``, a folder) or your own ``(images, labels)
 
 and the recipes ``StaticPTQ``, ``LowBitPTQ``, ``DynamicPTQ``, ``QuantizeJob``, ``QATConfig``,
 ``SearchConfig``, ``SearchSpace``, ``PipelineConfig``, ``IgnoreScope``. Every result has
-``to_dict()`` (the JSON the command line writes) and ``save(dir)``. Names are imported on first use, so ``import vitquant``
-stays light (no torch).
+``to_dict()`` (the JSON the command line writes) and ``save(dir)``. Names are imported on first
+use, so ``import vitquant`` stays light (no torch).
 """
 
 from __future__ import annotations
