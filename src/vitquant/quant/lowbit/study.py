@@ -132,7 +132,6 @@ def run_lowbit(
         base: the min-max row when the caller measured it already (the pipeline's first step).
         log: progress lines.
     """
-
     if "val" not in measurer.roles:
         raise VitquantError("the low-bit study chooses its recipe on val: measure val too.")
     check_job(job, model)
@@ -179,8 +178,7 @@ def _study(model, bundle, spec, job, measurer, artifacts, base, log) -> LowBitRe
     result.notes.extend(f"not tried: {r}" for r in skipped)
     for name in every:
         singles[name] = measure((name,), f"{label}+{name}")
-    if job.all_together:
-        measure(every, f"{label}-all")
+    together = measure(every, f"{label}-all") if job.all_together else None
     helped = [n for n, r in singles.items() if r.val_accuracy > base.val_accuracy]
     if not helped:
         result.recipe, result.recipe_variant = (), base.variant
@@ -191,7 +189,10 @@ def _study(model, bundle, spec, job, measurer, artifacts, base, log) -> LowBitRe
         result.recipe, result.recipe_variant = (best,), singles[best].variant
         result.choice = f"only {best} beat min-max on val"
         return result
-    combined = measure(tuple(helped), f"{label}-vit")
+    if together is not None and tuple(helped) == every:
+        combined = together  # the recipe is every method: measured already
+    else:
+        combined = measure(tuple(helped), f"{label}-vit")
     if combined.val_accuracy >= singles[best].val_accuracy:
         result.recipe, result.recipe_variant = tuple(helped), combined.variant
         result.choice = (
