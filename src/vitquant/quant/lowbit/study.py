@@ -178,7 +178,7 @@ def _study(model, bundle, spec, job, measurer, artifacts, base, log) -> LowBitRe
     result.notes.extend(f"not tried: {r}" for r in skipped)
     for name in every:
         singles[name] = measure((name,), f"{label}+{name}")
-    together = measure(every, f"{label}-all") if job.all_together else None
+    together = measure(every, f"{label}-all") if job.all_together and len(every) > 1 else None
     helped = [n for n, r in singles.items() if r.val_accuracy > base.val_accuracy]
     if not helped:
         result.recipe, result.recipe_variant = (), base.variant
