@@ -264,9 +264,12 @@ def profile_pte(path: str | Path, x: torch.Tensor, *, threads: int | None, iters
 
     set_runtime_threads(threads)
     module = portable_lib._load_for_executorch(str(path), enable_etdump=True)
+    # A program is planned for a bounded batch: larger inputs run in chunks, as in ``PteModel``.
+    bound = int(module.method_meta("forward").input_tensor_meta(0).sizes()[0])
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for _ in range(iters + 1):
-            module.forward([x.contiguous()])
+            for start in range(0, len(x), bound):
+                module.forward([x[start : start + bound].contiguous()])
         dump = Path(tmp) / "run.etdp"
         module.write_etdump_result_to_file(str(dump))
         with warnings.catch_warnings():
@@ -278,7 +281,7 @@ def profile_pte(path: str | Path, x: torch.Tensor, *, threads: int | None, iters
             continue
         for ev in block.events:
             raw = list(ev.perf_data.raw) if ev.perf_data is not None else []
-            if len(raw) > 1:
-                raw = raw[1:]  # drop the warm-up run
+            # one entry per forward call: drop the first run's (warm-up), chunks included
+            raw = raw[len(raw) // (iters + 1) :] if len(raw) > iters else raw
             events.append((ev.name, float(sum(raw)), len(raw)))
     return from_etdump_events(events)
