@@ -176,6 +176,7 @@ def build_artifacts(model, spec, bundle, names: list[str], art: Path, calib: int
         needed = [n for n in needed_by if n in names and "error" not in details[n]]
         if not needed:
             return
+        log(f"{what} ...")
         start = time.perf_counter()
         try:
             made[what] = fn()
@@ -802,8 +803,9 @@ def method(args) -> dict:
     }
 
 
-def benchmark(args, log) -> dict:
-    """The whole run; returns the JSON document."""
+def benchmark(args, log, save: Callable[[dict], None]) -> dict:
+    """The whole run; returns the JSON document (``save`` gets it once timed, before the peak
+    memory and cifar_vit steps, so a long run leaves its timings on disk)."""
     start = time.perf_counter()
     kind = "quick" if args.quick else "deit_s"
     names = ["fp32-eager", *[n for n in args.paths if n != "fp32-eager"]]
@@ -856,21 +858,7 @@ def benchmark(args, log) -> dict:
         log(f"operator profile of {best.name}")
         x = examples[max(batches)]
         top = operator_profile(best, run.runners[best.name], run.art, x, args.threads)
-    loaded = list(run.runners)
-    run.runners.clear()
-    torch._dynamo.reset()
-    if args.memory == "subprocess":
-        for name in [n for n in loaded if args.memory_paths is None or n in args.memory_paths]:
-            log(f"peak memory of {name} (child process)")
-            shape = (max(batches), *spec.input_size)
-            mem = measure_memory(name, kind, run.art, shape, args.threads, args.iters)
-            next(r for r in rows if r["path"] == name)["memory"] = mem
-    if args.cifar_images:
-        agree = cifar_agreement(loaded, args, log)
-        for row in rows:
-            row["cifar"] = agree.get(row["path"])
-        torch._dynamo.reset()
-    return {
+    doc = {
         "benchmark": "deit_s_cpu",
         "model": "tiny ViT (quick mode)" if args.quick else DEIT,
         "weights": "random (torch.manual_seed(0))",
@@ -891,8 +879,27 @@ def benchmark(args, log) -> dict:
         "rows": rows,
         "verdict": verdict,
         "top_ops": top,
+        "status": "timed; peak memory and cifar_vit agreement pending",
         "seconds": time.perf_counter() - start,
     }
+    loaded = list(run.runners)
+    save(doc)  # the timings are safe on disk before the long memory and cifar_vit steps
+    run.runners.clear()
+    torch._dynamo.reset()
+    if args.memory == "subprocess":
+        for name in [n for n in loaded if args.memory_paths is None or n in args.memory_paths]:
+            log(f"peak memory of {name} (child process)")
+            shape = (max(batches), *spec.input_size)
+            mem = measure_memory(name, kind, run.art, shape, args.threads, args.iters)
+            next(r for r in rows if r["path"] == name)["memory"] = mem
+    if args.cifar_images:
+        agree = cifar_agreement(loaded, args, log)
+        for row in rows:
+            row["cifar"] = agree.get(row["path"])
+        torch._dynamo.reset()
+    doc["status"] = "complete"
+    doc["seconds"] = time.perf_counter() - start
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -933,11 +940,13 @@ def main(argv: list[str] | None = None) -> int:
     dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
     from vitquant.io import write_json, write_text
 
-    doc = benchmark(args, log=lambda line: print(line, flush=True))
-    write_json(args.out, doc)
-    table = markdown(doc)
-    write_text(args.out.with_suffix(".md"), table)
-    print(table)
+    def save(doc: dict) -> None:
+        write_json(args.out, doc)
+        write_text(args.out.with_suffix(".md"), markdown(doc))
+
+    doc = benchmark(args, lambda line: print(line, flush=True), save)
+    save(doc)
+    print(markdown(doc))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
