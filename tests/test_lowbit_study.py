@@ -143,3 +143,13 @@ def test_api_quantizes_any_module_at_low_bits(digits):
     assert row.accuracy == pytest.approx(right / sum(len(y) for _, y in test))
     with pytest.raises(VitquantError, match="LowBitPTQ"):
         vq.quantize(loaded.model, vq.StaticPTQ(), methods=["gptq"], calibration=calib)
+
+
+def test_a_bits_rule_matching_nothing_is_refused_first(digits, tmp_path):
+    loaded, bundle = digits
+    from vitquant.quant.lowbit.flow import lowbit_run
+
+    job = LowBitJob(setting=LowBitPTQ(wbits=4, abits=4, rules=("blocks.9.*=8/8",)))
+    with pytest.raises(VitquantError, match="blocks.9"):
+        lowbit_run(loaded.model, bundle, loaded.spec, job, artifacts=tmp_path, log=None)
+    assert not any(tmp_path.iterdir())  # nothing measured or written

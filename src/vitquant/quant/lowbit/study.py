@@ -103,7 +103,9 @@ class LowBitResult:
 
 
 def check_job(job: LowBitJob, model: nn.Module) -> None:
-    """Refuse named methods that cannot apply to ``model`` (before anything is measured)."""
+    """Refuse ``--bits`` rules matching no module and named methods that cannot apply to
+    ``model`` (before anything is measured)."""
+    job.setting.plan.check(n for n, _ in model.named_modules())
     if job.methods is None:
         return
     reasons = [r for n in job.methods if (r := why_not(n, job.setting, model)) is not None]
