@@ -67,7 +67,8 @@ def run_lowbit_command(
         write_text(directory / f"point_errors_{name.replace(' ', '_')}.md", point_table(table))
         corr = table["correlation"]
         console.print(f"per-point errors ({name}): {_corr_text(corr)}")
-    console.print(f"wrote {path} (+ .csv, .md, point_errors_*.md)")
+    extra = ", point_errors_*.md" if run.point_errors else ""
+    console.print(f"wrote {path} (+ .csv, .md{extra})")
 
 
 def _corr_text(corr: dict) -> str:
