@@ -22,10 +22,10 @@ from vitquant.quant.backends import get_backend
 from vitquant.quant.configs import DynamicPTQ
 from vitquant.quant.pt2e import (
     QuantizedModel,
-    _scope,
     drop_unused_attributes,
     export_model,
     make_quantizer,
+    resolve_scope,
     split_int8,
 )
 from vitquant.quant.scope import IgnoreScope, ResolvedScope, resolve_modules
@@ -127,7 +127,7 @@ def quantize_dynamic_pt2e(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     model = copy.deepcopy(model).eval()
-    scope = _scope(model, ignore)
+    scope = resolve_scope(model, ignore)
     if example.shape[0] < 2:
         example = example.repeat(2, 1, 1, 1)
     with get_backend(backend).tracing(model):

@@ -196,12 +196,44 @@ def split_int8(model: nn.Module, gm: torch.fx.GraphModule) -> tuple[list[str], l
     return int8, [n for n in names if n not in int8]
 
 
-def _scope(model: nn.Module, ignore) -> ResolvedScope:
+def resolve_scope(model: nn.Module, ignore) -> ResolvedScope:
+    """``ignore`` (a ``ResolvedScope``, an ``IgnoreScope``, names/globs or None) resolved on
+    ``model``."""
     if isinstance(ignore, ResolvedScope):
         return ignore
     if isinstance(ignore, IgnoreScope) or ignore is None:
         return resolve_modules(model, ignore)
     return resolve_modules(model, IgnoreScope.from_cli(list(ignore)))
+
+
+def open_calibration(bundle: DataBundle, spec, cfg, *, progress: str | None = None):
+    """``(first batch, the other batches, export example)`` of ``cfg``'s calibration images.
+
+    One pass over ``calib``: its first batch is also the export example (up to 8 images, at
+    least 2 so the batch dimension stays dynamic). ``cfg`` has ``calib`` and ``calib_batch``.
+    """
+    batches = bundle.batches(
+        "calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib, progress=progress
+    )
+    first = next(batches, None)
+    if first is None:
+        raise VitquantError("no calibration images: pass --calib N with N > 0.")
+    example = first[0][: min(len(first[0]), 8)]
+    if example.shape[0] < 2:
+        example = example.repeat(2, 1, 1, 1)
+    return first, batches, example
+
+
+def convert_prepared(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``convert_pt2e``, made callable with ``.eval()`` and stripped of the float weights it
+    replaced."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # so evaluate.accuracy may call .eval()
+    drop_unused_attributes(converted)
+    return converted
 
 
 @torch.no_grad()
@@ -228,24 +260,13 @@ def quantize_static(
             recipe and fewer layers ignored (``QuantizedModel.calibration``): its observer
             states are loaded instead of running the calibration images again (same result).
     """
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     from vitquant.quant.calibration import CalibrationCache
 
     model = copy.deepcopy(model).eval()
-    scope = _scope(model, ignore)
-
-    # One pass over calib: the first batch is also the export example (none with a cache hit).
-    batches = bundle.batches(
-        "calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib, progress=progress
-    )
-    first = next(batches, None)
-    if first is None:
-        raise VitquantError("no calibration images: pass --calib N with N > 0.")
-    example = first[0][: min(len(first[0]), 8)]
-    if example.shape[0] < 2:
-        example = example.repeat(2, 1, 1, 1)
+    scope = resolve_scope(model, ignore)
+    first, batches, example = open_calibration(bundle, spec, cfg, progress=progress)
     notes = list(scope.notes)
     with get_backend(cfg.backend).tracing(model) as n_unfused:
         graph = export_model(model, example)
@@ -269,9 +290,7 @@ def quantize_static(
                 prepared(x)
     batches.close()  # stops a DataLoader's workers when the cache made the rest unnecessary
     cache = CalibrationCache.from_prepared(prepared)
-    converted = convert_pt2e(prepared)
-    allow_exported_model_train_eval(converted)  # so evaluate.accuracy may call .eval()
-    drop_unused_attributes(converted)
+    converted = convert_prepared(prepared)
     int8, floats = split_int8(model, converted)
     return QuantizedModel(
         module=converted,

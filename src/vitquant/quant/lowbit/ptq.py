@@ -24,8 +24,15 @@ from vitquant.errors import VitquantError
 from vitquant.evaluate import QUANTIZABLE
 from vitquant.quant.lowbit.bits import BitSetting, BitsPlan, parse_bits_rule
 from vitquant.quant.lowbit.quantizer import LowBitQuantizer, check_modes
-from vitquant.quant.pt2e import QuantizedModel, drop_unused_attributes, export_model, split_int8
-from vitquant.quant.scope import TYPE_PREFIX, IgnoreScope, ResolvedScope, resolve_modules
+from vitquant.quant.pt2e import (
+    QuantizedModel,
+    convert_prepared,
+    export_model,
+    open_calibration,
+    resolve_scope,
+    split_int8,
+)
+from vitquant.quant.scope import TYPE_PREFIX, IgnoreScope, ResolvedScope
 
 
 @dataclass(frozen=True)
@@ -152,30 +159,15 @@ def quantize_lowbit(
         A ``QuantizedModel``; its ``int8_layers`` are the layers with quantized weights (codes
         stored as int8 whatever ``wbits``), and its ``notes`` say that the graph is an emulation.
     """
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     model = copy.deepcopy(model).eval()
-    if isinstance(ignore, ResolvedScope):
-        scope = ignore
-    else:
-        scope = resolve_modules(
-            model, ignore if isinstance(ignore, IgnoreScope) or ignore is None else list(ignore)
-        )
+    scope = resolve_scope(model, ignore)
     plan = cfg.plan
     plan.check(n for n, _ in model.named_modules())
     ignored = _ignored_names(model, scope)
 
-    # One pass over calib: the first batch is also the export example.
-    batches = bundle.batches(
-        "calib", spec, batch_size=cfg.calib_batch, limit=cfg.calib, progress=progress
-    )
-    first = next(batches, None)
-    if first is None:
-        raise VitquantError("no calibration images: pass --calib N with N > 0.")
-    example = first[0][: min(len(first[0]), 8)]
-    if example.shape[0] < 2:
-        example = example.repeat(2, 1, 1, 1)
+    first, batches, example = open_calibration(bundle, spec, cfg, progress=progress)
     n_attention = len(attention_modules(model))
     with unfused_attention(model):  # explicit q @ k^T, softmax, attn @ v: each can be quantized
         graph = export_model(model, example)
@@ -194,9 +186,7 @@ def quantize_lowbit(
     for x, _ in itertools.chain([first], batches):
         prepared(x)
     batches.close()
-    converted = convert_pt2e(prepared)
-    allow_exported_model_train_eval(converted)  # so evaluate.accuracy may call .eval()
-    drop_unused_attributes(converted)
+    converted = convert_prepared(prepared)
     int8, floats = split_int8(model, converted)
 
     counts = ", ".join(f"{v} {k}" for k, v in sorted(quantizer.counts.items()))
