@@ -38,6 +38,17 @@ def check_export(export: str, backend: str) -> str:
     return export
 
 
+def check_calibration(cfg) -> None:
+    """The calibration fields a static recipe shares (``percentile``, ``calib``,
+    ``calib_batch``): a ``VitquantError`` naming the bad one."""
+    if not 50.0 < cfg.percentile <= 100.0:
+        raise VitquantError(f"percentile must be in (50, 100], got {cfg.percentile}.")
+    if cfg.calib is not None and cfg.calib <= 0:
+        raise VitquantError(f"--calib must be > 0 images (got {cfg.calib}).")
+    if cfg.calib_batch <= 0:
+        raise VitquantError(f"calibration batch size must be > 0 (got {cfg.calib_batch}).")
+
+
 @dataclass(frozen=True)
 class StaticPTQ:
     """Static post-training quantization with torchao's pt2e flow.
@@ -74,12 +85,7 @@ class StaticPTQ:
             raise VitquantError(
                 f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}."
             )
-        if not 50.0 < self.percentile <= 100.0:
-            raise VitquantError(f"percentile must be in (50, 100], got {self.percentile}.")
-        if self.calib is not None and self.calib <= 0:
-            raise VitquantError(f"--calib must be > 0 images (got {self.calib}).")
-        if self.calib_batch <= 0:
-            raise VitquantError(f"calibration batch size must be > 0 (got {self.calib_batch}).")
+        check_calibration(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,8 +20,8 @@ from torch import nn
 
 from vitquant.analysis.hooks import attention_modules, unfused_attention
 from vitquant.data import DataBundle
-from vitquant.errors import VitquantError
 from vitquant.evaluate import QUANTIZABLE
+from vitquant.quant.configs import check_calibration
 from vitquant.quant.lowbit.bits import BitSetting, BitsPlan, parse_bits_rule
 from vitquant.quant.lowbit.quantizer import LowBitQuantizer, check_modes
 from vitquant.quant.pt2e import (
@@ -77,12 +77,7 @@ class LowBitPTQ:
             observer=self.observer,
             quantize_attention=self.quantize_attention,
         )
-        if not 50.0 < self.percentile <= 100.0:
-            raise VitquantError(f"percentile must be in (50, 100], got {self.percentile}.")
-        if self.calib is not None and self.calib <= 0:
-            raise VitquantError(f"--calib must be > 0 images (got {self.calib}).")
-        if self.calib_batch <= 0:
-            raise VitquantError(f"calibration batch size must be > 0 (got {self.calib_batch}).")
+        check_calibration(self)
 
     @property
     def plan(self) -> BitsPlan:
