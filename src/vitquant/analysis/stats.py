@@ -1,18 +1,25 @@
 """Streaming activation statistics whose memory does not grow with the number of images.
 
-Per observed point, three passes over the same images (the model is deterministic):
+Per observed point, two passes over the same images (the model is deterministic):
 
 1. exact count, min, max, mean and std (Chan's parallel merge in float64), per-channel absolute
    maxima, a uniform random sample of values (reservoir with hypergeometric merging), and a
    65,536-bin histogram of the top 16 bits of each value (permuted into the order of an
-   order-preserving 32-bit key);
-2. for the few top-16-bit buckets that hold a needed order statistic, a histogram of the low
-   16 bits - which pins the exact float32 value (a two-round radix select);
-3. with the now exact quartiles (``np.percentile``'s linear interpolation), exact counts of the
-   values outside the IQR fences, the whisker ends, and a random sample of the outliers.
+   order-preserving 32-bit key, ``vitquant.analysis.keys``);
+2. every value (its low 16 bits) of the few coarse buckets that matter
+   (``vitquant.analysis.radix``): those holding the quartiles' order statistics, which pins
+   their exact float32 values (a two-round radix select); and those each IQR fence can fall in.
+   The coarse buckets already bound Q1 and Q3, hence each fence to a window of a few buckets:
+   values beyond the windows are outliers for certain (counted by the coarse histogram,
+   sampled in this pass), and those inside are compared with the exact fences afterwards. The
+   buckets next to the windows give the whisker ends.
 
-So Q1, median, Q3, the fences and the outlier percentage equal NumPy's over the concatenated
-outputs, while memory is a fixed ~0.5 MB of histogram per point plus the bounded samples.
+A point whose fence windows span more than ``MAX_WINDOW_BUCKETS`` non-empty buckets (or are not
+finite) takes a third pass instead: exact counts against the now exact fences. Either way Q1,
+median, Q3 (``np.percentile``'s linear interpolation), the fences, the outlier percentage and the
+whiskers equal NumPy's over the concatenated outputs, while memory is fixed before each pass:
+the 65,536-bin histogram, the kept buckets (each at most 65,536 values or bins) and the bounded
+samples.
 """
 
 from __future__ import annotations
@@ -23,49 +30,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitquant.analysis.fences import (
+    buckets_to_keep,
+    fence_windows,
+    sure_outliers,
+    window_outliers,
+)
 from vitquant.analysis.hooks import Point, observation_points, observe
-from vitquant.analysis.merges import Reservoir, chan_merge
+from vitquant.analysis.keys import (
+    BUCKETS,
+    RAW_OF_BUCKET,
+    bucket_bounds,
+    bucket_of,
+    float32_at_least,
+    float32_at_most,
+    raw_top_bits,
+    sortable_keys,
+)
+from vitquant.analysis.merges import Reservoir, chan_merge, merge_samples
+from vitquant.analysis.radix import Refinement
 from vitquant.distributed import DistContext
 from vitquant.errors import VitquantError
 
-_BUCKETS = 1 << 16
 QUANTILES = (0.25, 0.5, 0.75)
-
-
-def sortable_keys(x: torch.Tensor) -> torch.Tensor:
-    """Order-preserving int32 keys of float32 values: ``a < b`` iff ``key(a) < key(b)``.
-
-    Negative floats get their 31 magnitude bits flipped, so the signed integer order of the keys
-    is the float order (-0.0 sorts just below +0.0). ``key >> 16`` is the coarse bucket.
-    """
-    bits = x.to(torch.float32).contiguous().view(torch.int32)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
-def _bucket(keys: torch.Tensor) -> torch.Tensor:
-    """Top 16 bits of the keys as an index in ``[0, 65536)``."""
-    return (keys >> 16) + (_BUCKETS // 2)
-
-
-def _raw_of_bucket() -> torch.Tensor:
-    """For each key bucket (``_bucket``), the matching top-16-bit pattern of the raw float bits.
-
-    ``key >> 16 == t ^ ((t >> 15) & 0x7FFF)`` for the raw top bits ``t`` (an involution), so a
-    histogram of raw top bits is permuted into key order without computing keys per value.
-    """
-    t = torch.arange(_BUCKETS, dtype=torch.int32) - _BUCKETS // 2
-    return (t ^ ((t >> 15) & 0x7FFF)) & 0xFFFF
-
-
-_RAW_OF_BUCKET = _raw_of_bucket().long()
-
-
-def key_to_float(bucket: int, low: int) -> float:
-    """The float32 value whose key has top 16 bits ``bucket`` (as from ``_bucket``) and ``low``."""
-    k = ((bucket - _BUCKETS // 2) << 16) | low
-    if k < 0:
-        k ^= 0x7FFFFFFF
-    return float(np.array([k], dtype=np.int64).astype(np.int32).view(np.float32)[0])
+# A fence's uncertainty window (see ``PointAccumulator.begin2``) may span this many non-empty
+# coarse buckets; a wider one (rare: a quartile in a huge bucket) gets a third pass instead.
+MAX_WINDOW_BUCKETS = 16
 
 
 def _lerp(a: float, b: float, t: float) -> float:
@@ -89,14 +79,6 @@ def _channel_minmax(x: torch.Tensor, cdim: int) -> tuple[torch.Tensor, torch.Ten
         return torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0)  # (tokens, C) -> (C,)
     dims = [d for d in range(x.dim()) if d != cdim]
     return x.amin(dim=dims), x.amax(dim=dims)
-
-
-def _float32_at_least(v: float) -> float:
-    """The smallest float32 that is >= ``v``."""
-    f = np.float32(v)
-    if float(f) < v:
-        f = np.nextafter(f, np.float32(np.inf))
-    return float(f)
 
 
 @dataclass
@@ -153,7 +135,11 @@ class PointStats:
 
 
 class PointAccumulator:
-    """Three-pass streaming statistics of one point; feed every batch to each pass in turn."""
+    """Streaming statistics of one point; feed every batch to each pass in turn.
+
+    Pass 1 is ``update1``; ``begin2`` / ``update2`` / ``end2`` are pass 2; only when
+    ``needs_pass3`` is set after ``end2`` does the point need ``update3`` (a third pass).
+    """
 
     def __init__(
         self,
@@ -174,13 +160,14 @@ class PointAccumulator:
         self.min = float("inf")
         self.max = float("-inf")
         self.chan_absmax: torch.Tensor | None = None
-        self.hist_raw = torch.zeros(_BUCKETS, dtype=torch.int64)
+        self.hist_raw = torch.zeros(BUCKETS, dtype=torch.int64)
         self.sample = Reservoir(sample_size, rng)
         self.outliers = Reservoir(sample_size, rng)
-        self.targets: dict[int, float] = {}  # rank -> value
-        self.low_hists: dict[int, torch.Tensor] = {}  # top-16-bit bucket -> low-16-bit histogram
-        self.below: dict[int, int] = {}  # bucket -> values below it (from pass 2)
+        self.refine: Refinement | None = None
+        self.windows: tuple[range, range] | None = None  # the fences' uncertainty windows
+        self.n_sure_out = 0  # values in buckets wholly beyond a fence's window
         self.quartiles: tuple[float, float, float] | None = None
+        self.needs_pass3 = False
         self.n_out = 0
         self.whisker_low = float("inf")
         self.whisker_high = float("-inf")
@@ -208,74 +195,92 @@ class PointAccumulator:
             absmax if self.chan_absmax is None else torch.maximum(self.chan_absmax, absmax)
         )
         # Top 16 raw bits (sign, exponent, 7 mantissa bits); mapped to key order in begin2.
-        raw = (x.contiguous().view(torch.int32) >> 16) & 0xFFFF
-        self.hist_raw += torch.bincount(raw.reshape(-1), minlength=_BUCKETS)
+        self.hist_raw += torch.bincount(raw_top_bits(x).reshape(-1), minlength=BUCKETS)
         self.sample.add(x)
 
-    def _needed_ranks(self) -> list[int]:
-        ranks = set()
-        for q in QUANTILES:
-            lo, hi, _ = _ranks(self.n, q)
-            ranks.update((lo, hi))
-        return sorted(ranks)
+    def _rank_buckets(self, cum: torch.Tensor) -> dict[int, int]:
+        """0-based rank -> coarse bucket, for the order statistics the quartiles interpolate."""
+        ranks = {r for q in QUANTILES for r in _ranks(self.n, q)[:2]}
+        return {r: int(torch.searchsorted(cum, torch.tensor(r), right=True)) for r in ranks}
+
+    def _quartile_bounds(self, q: float, rank_bucket: dict[int, int]) -> tuple[float, float]:
+        """Bounds of quartile ``q`` from the buckets of the order statistics it interpolates."""
+        lo_r, hi_r, _ = _ranks(self.n, q)
+        lo = max(bucket_bounds(rank_bucket[lo_r])[0], self.min)
+        return lo, min(bucket_bounds(rank_bucket[hi_r])[1], self.max)
 
     # -- pass 2 ------------------------------------------------------------------------------
     def begin2(self) -> None:
+        """Choose the buckets to keep every value of: the quartiles' order statistics, the
+        fences' windows and the buckets next to them (where the whiskers end)."""
         if self.n == 0:
             raise VitquantError("a point saw no values; is the calibration set empty?")
-        cum = torch.cumsum(self.hist_raw[_RAW_OF_BUCKET], 0)  # counts in key (= float) order
+        counts = self.hist_raw[RAW_OF_BUCKET]  # in key (= float) order
         self.hist_raw = torch.empty(0, dtype=torch.int64)  # free it
-        self.rank_bucket: dict[int, int] = {}
-        for r in self._needed_ranks():
-            bucket = int(torch.searchsorted(cum, torch.tensor(r), right=True))
-            self.rank_bucket[r] = bucket
-            self.low_hists.setdefault(bucket, torch.zeros(_BUCKETS, dtype=torch.int64))
-            # Values below the bucket (pass 1 and 2 see the same outputs: the model is
-            # deterministic on a fixed input).
-            self.below[bucket] = int(cum[bucket - 1]) if bucket else 0
-        # A float pre-filter (a superset of the wanted buckets' values): one bucketize per batch
-        # instead of computing every value's key; the exact bucket is re-derived on the subset.
-        spans: list[list[float]] = []
-        for bucket in sorted(self.low_hists):
-            lo = float(np.nextafter(np.float32(key_to_float(bucket, 0)), np.float32(-np.inf)))
-            hi = key_to_float(bucket, 0xFFFF)
-            lo, hi = (-np.inf if np.isnan(lo) else lo), (np.inf if np.isnan(hi) else hi)
-            if spans and lo <= spans[-1][1]:
-                spans[-1][1] = max(spans[-1][1], hi)
-            else:
-                spans.append([lo, hi])
-        self.edges = torch.tensor([v for span in spans for v in span], dtype=torch.float32)
+        cum = torch.cumsum(counts, 0)
+        self.rank_bucket = self._rank_buckets(cum)
+        chosen = set(self.rank_bucket.values())
+        self.table = torch.zeros(BUCKETS, dtype=torch.uint8)  # by raw top bits: 1 sure, 2 kept
+        self.windows = fence_windows(
+            self._quartile_bounds(0.25, self.rank_bucket),
+            self._quartile_bounds(0.75, self.rank_bucket),
+            counts,
+            MAX_WINDOW_BUCKETS,
+        )
+        if self.windows is not None:
+            chosen |= buckets_to_keep(self.windows, counts)
+            self.n_sure_out = sure_outliers(self.windows, cum)
+            sure = torch.ones(BUCKETS, dtype=torch.bool)
+            sure[self.windows[0].start : self.windows[1].stop] = False
+            self.table[RAW_OF_BUCKET[sure]] = 1
+        self.refine = Refinement(counts, chosen)
+        self.table[RAW_OF_BUCKET[sorted(chosen)]] = 2
 
     def update2(self, x: torch.Tensor) -> None:
-        """Low-16-bit histograms of the buckets holding a quartile's order statistics."""
+        """Every value of the chosen buckets; the values sure to be outliers are sampled."""
         x = x.detach().float().reshape(-1)
-        inside = (torch.bucketize(x, self.edges) & 1).bool()  # odd index: in a (lo, hi] span
-        keys = sortable_keys(x[inside])
-        buckets = _bucket(keys)
-        for bucket, hist in self.low_hists.items():
-            hist += torch.bincount(keys[buckets == bucket] & 0xFFFF, minlength=_BUCKETS)
+        cls = self.table.index_select(0, raw_top_bits(x))
+        if self.windows is not None:
+            sure = x[cls == 1]
+            if sure.numel():
+                self.outliers.add(sure)
+        keys = sortable_keys(x[cls == 2])
+        self.refine.add(keys, bucket_of(keys))
 
     def end2(self) -> None:
-        for r, bucket in self.rank_bucket.items():
-            cum = torch.cumsum(self.low_hists[bucket], 0)
-            within = min(max(r - self.below[bucket], 0), int(cum[-1]) - 1)
-            low = int(torch.searchsorted(cum, torch.tensor(within), right=True))
-            self.targets[r] = key_to_float(bucket, low)
+        """Exact quartiles and fences; outlier count, whiskers and outlier sample unless the
+        point needs a third pass."""
+        targets = {r: self.refine.value_at_rank(r, b) for r, b in self.rank_bucket.items()}
         qs = []
         for q in QUANTILES:
             lo, hi, t = _ranks(self.n, q)
-            qs.append(_lerp(self.targets[lo], self.targets[hi], t))
+            qs.append(_lerp(targets[lo], targets[hi], t))
         self.quartiles = (qs[0], qs[1], qs[2])
-        self.low_hists = {}  # free the histograms
         q1, _, q3 = self.quartiles
         iqr = q3 - q1
         self.fences = (q1 - 1.5 * iqr, q3 + 1.5 * iqr)
-        # For float32 x: x < lo  <=>  x < (smallest float32 >= lo); likewise for hi. So pass 3
-        # compares in float32 and still counts exactly what a float64 comparison would.
-        self._lo32 = _float32_at_least(self.fences[0])
-        self._hi32 = -_float32_at_least(-self.fences[1])
+        # For float32 x: x < lo  <=>  x < (smallest float32 >= lo); likewise for hi. So the
+        # float32 comparisons count exactly what a float64 comparison would.
+        self._lo32 = float32_at_least(self.fences[0])
+        self._hi32 = float32_at_most(self.fences[1])
+        self.needs_pass3 = self.windows is None
+        if not self.needs_pass3:
+            self._count_outliers()
+        self.refine = None  # free the kept values
 
-    # -- pass 3 ------------------------------------------------------------------------------
+    def _count_outliers(self) -> None:
+        """Outliers, whiskers and outlier sample from the kept buckets and the sure outliers."""
+        found = window_outliers(self.refine, self.windows, self._lo32, self._hi32)
+        self.n_out = self.n_sure_out + found.count
+        self.whisker_low, self.whisker_high = found.whisker_low, found.whisker_high
+        rng, size = self.outliers.rng, self.outliers.size
+        take = min(size, found.count)
+        drawn = np.repeat(found.values, rng.multivariate_hypergeometric(found.counts, take))
+        self.outliers.seen, self.outliers.values = merge_samples(
+            [(self.outliers.seen, self.outliers.values), (found.count, drawn)], size, rng
+        )
+
+    # -- pass 3 (only when needs_pass3) ------------------------------------------------------
     def update3(self, x: torch.Tensor) -> None:
         """Exact outlier counts against the fences, whisker ends and an outlier sample."""
         x = x.detach().float().reshape(-1)
@@ -353,8 +358,9 @@ def stream_stats(
     for x in source():
         acc.update2(torch.as_tensor(x))
     acc.end2()
-    for x in source():
-        acc.update3(torch.as_tensor(x))
+    if acc.needs_pass3:
+        for x in source():
+            acc.update3(torch.as_tensor(x))
     return acc.result()
 
 
@@ -415,26 +421,28 @@ def collect_activation_stats(
 
         progress = progress and ctx.is_main
 
-    def run(step: str, update) -> None:
+    def run(step: str, update, observed=points) -> None:
         desc = f"activation stats ({step})" if progress else None
-        with observe(model, points, lambda p, out: update(accs[p.point], out)):
+        with observe(model, observed, lambda p, out: update(accs[p.point], out)):
             for x, _ in bundle.batches(
                 role, spec, batch_size=batch_size, limit=limit, progress=desc, shard=shard
             ):
                 model(x)
 
     ordered = [accs[p.point] for p in points]
-    run("1/3 moments", PointAccumulator.update1)
+    run("1/2 moments", PointAccumulator.update1)
     if shard is not None:
         stats_merge.merge_pass1(ordered, ctx, merge_rng)
     for acc in ordered:
         acc.begin2()
-    run("2/3 quartiles", PointAccumulator.update2)
+    run("2/2 quartiles, outliers", PointAccumulator.update2)
     if shard is not None:
-        stats_merge.merge_pass2(ordered, ctx)
+        stats_merge.merge_pass2(ordered, ctx, merge_rng)
     for acc in ordered:
         acc.end2()
-    run("3/3 outliers", PointAccumulator.update3)
-    if shard is not None:
-        stats_merge.merge_pass3(ordered, ctx, merge_rng)
+    third = [p for p in points if accs[p.point].needs_pass3]  # the same on every rank
+    if third:
+        run(f"3 outliers of {len(third)} points", PointAccumulator.update3, third)
+        if shard is not None:
+            stats_merge.merge_pass3([accs[p.point] for p in third], ctx, merge_rng)
     return [acc.result() for acc in ordered]

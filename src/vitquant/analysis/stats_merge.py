@@ -6,9 +6,11 @@ on every rank (rank order, a seeded generator), before the next pass starts:
 
 1. coarse key histograms: integer sums; min / max and per-channel absolute maxima: MIN / MAX;
    ``(count, mean, M2)``: Chan's merge in float64; value samples: a hypergeometric merge;
-2. the low-16-bit histograms of the needed buckets (the same buckets on every rank, as they come
-   from the merged pass-1 histogram): integer sums;
-3. outlier counts: sums; whisker ends: MIN / MAX; outlier samples: a hypergeometric merge.
+2. the kept buckets (the same on every rank, as they come from the merged pass-1 histogram):
+   dense histograms are summed, value buffers concatenated in rank order; the samples of the
+   values sure to be outliers: a hypergeometric merge;
+3. (only the points that need a third pass) outlier counts: sums; whisker ends: MIN / MAX;
+   outlier samples: a hypergeometric merge.
 
 Counts are integers and order statistics come from merged histograms, so count, min, max,
 quartiles, fences, outlier counts and percentages equal one process's exactly; mean and std
@@ -55,11 +57,27 @@ def merge_pass1(
         )
 
 
-def merge_pass2(accs: Sequence[PointAccumulator], ctx: DistContext) -> None:
-    """Sum the low-16-bit histograms of the buckets holding the quartiles' order statistics."""
+def merge_pass2(
+    accs: Sequence[PointAccumulator], ctx: DistContext, rng: np.random.Generator
+) -> None:
+    """Merge the kept buckets' values and the samples of sure outliers in place."""
     for acc in accs:
-        for bucket in sorted(acc.low_hists):  # the same buckets, in the same order, everywhere
-            all_reduce_(acc.low_hists[bucket], ctx, "sum")
+        for slot in acc.refine.slots.values():  # the same buckets, in order, everywhere
+            if slot.dense:
+                all_reduce_(slot.data, ctx, "sum")
+                slot.fill = slot.count
+    buffers = [[s.shard() for s in a.refine.slots.values() if not s.dense] for a in accs]
+    mine = [(b, a.outliers.seen, a.outliers.values) for a, b in zip(accs, buffers, strict=True)]
+    ranks = all_gather_objects(mine, ctx)
+    for i, acc in enumerate(accs):
+        parts = [r[i] for r in ranks]
+        sparse = [s for s in acc.refine.slots.values() if not s.dense]
+        for j, slot in enumerate(sparse):
+            slot.set_merged([p[0][j] for p in parts])
+        if acc.windows is not None:
+            acc.outliers.seen, acc.outliers.values = merge_samples(
+                [(p[1], p[2]) for p in parts], acc.outliers.size, rng
+            )
 
 
 def merge_pass3(

@@ -1,0 +1,165 @@
+"""The second round of the radix select: every value of a few coarse buckets, kept exactly.
+
+After the coarse pass (a histogram of the keys' top 16 bits, ``vitquant.analysis.keys``) the
+count of every bucket is known. ``BucketValues`` then keeps the low 16 bits of every value that
+falls in one chosen bucket: as a buffer of exactly that many keys when the bucket holds at most
+65,536 values (most of the tail buckets hold a handful), as a dense 65,536-bin histogram
+otherwise. Either way the memory is fixed before the pass starts and does not grow with the
+number of images; ``Refinement`` answers the order-statistic and threshold queries the quartiles,
+outlier counts and whiskers need from the chosen buckets.
+
+Hand-written: no library offers a streamed radix select (see ``vitquant.analysis.keys``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vitquant.analysis.keys import BUCKETS, keys_to_floats
+from vitquant.errors import VitquantError
+
+_NONDETERMINISTIC = (
+    "the model's outputs changed between two passes over the same images; the exact "
+    "statistics need a deterministic model in eval mode (no dropout, no random augmentation)."
+)
+
+
+class BucketValues:
+    """The low 16 bits of every value in one coarse ``bucket`` whose total ``count`` is known."""
+
+    def __init__(self, bucket: int, count: int):
+        self.bucket = bucket
+        self.count = count
+        self.dense = count > BUCKETS
+        if self.dense:
+            dtype = torch.int32 if count < 2**31 else torch.int64
+            self.data = torch.zeros(BUCKETS, dtype=dtype)
+        else:
+            self.data = torch.empty(count, dtype=torch.int32)
+        self.fill = 0
+
+    def add(self, keys: torch.Tensor) -> None:
+        """Record the values whose keys (all in this bucket) are ``keys``."""
+        low = keys & 0xFFFF
+        n = low.numel()
+        if self.fill + n > self.count:
+            raise VitquantError(_NONDETERMINISTIC)
+        if self.dense:
+            self.data.index_add_(0, low.long(), torch.ones(n, dtype=self.data.dtype))
+        else:
+            self.data[self.fill : self.fill + n] = low
+        self.fill += n
+
+    def shard(self) -> torch.Tensor:
+        """What this process recorded (buffer mode: the filled part)."""
+        return self.data if self.dense else self.data[: self.fill]
+
+    def set_merged(self, parts: list[torch.Tensor]) -> None:
+        """Replace the recorded values by those of every rank (``shard()`` of each)."""
+        if self.dense:
+            self.data = torch.stack(parts).sum(0).to(self.data.dtype)
+        else:
+            self.data = torch.cat(parts)
+        self.fill = self.count if self.dense else len(self.data)
+
+    def distinct(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted distinct keys in the bucket and how many values have each."""
+        if self.dense:
+            low = np.flatnonzero(self.data.numpy())
+            counts = self.data.numpy()[low].astype(np.int64)
+        else:
+            if self.fill != self.count:
+                raise VitquantError(_NONDETERMINISTIC)
+            low, counts = np.unique(self.data.numpy(), return_counts=True)
+        if int(counts.sum()) != self.count:
+            raise VitquantError(_NONDETERMINISTIC)
+        keys = ((self.bucket - BUCKETS // 2) << 16) | low.astype(np.int64)
+        return keys, counts.astype(np.int64)
+
+
+class Refinement:
+    """Exact queries over the values of the chosen buckets.
+
+    Args:
+        counts: the coarse histogram in key order (``counts[b]`` values in bucket ``b``).
+        buckets: the buckets to keep every value of.
+    """
+
+    def __init__(self, counts: torch.Tensor, buckets: set[int]):
+        self.cum = torch.cumsum(counts, 0)
+        self.slots = {b: BucketValues(b, int(counts[b])) for b in sorted(buckets)}
+        self._distinct: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def below(self, bucket: int) -> int:
+        """How many values lie in buckets before ``bucket``."""
+        return int(self.cum[bucket - 1]) if bucket else 0
+
+    def add(self, keys: torch.Tensor, buckets: torch.Tensor) -> None:
+        """Record values (their keys and coarse buckets) that fall in chosen buckets."""
+        for b, slot in self.slots.items():
+            mine = keys[buckets == b]
+            if mine.numel():
+                slot.add(mine)
+
+    def distinct(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        if bucket not in self._distinct:
+            self._distinct[bucket] = self.slots[bucket].distinct()
+        return self._distinct[bucket]
+
+    def value_at_rank(self, rank: int, bucket: int) -> float:
+        """The value of 0-based order statistic ``rank``, which lies in ``bucket``."""
+        keys, counts = self.distinct(bucket)
+        within = rank - self.below(bucket)
+        i = int(np.searchsorted(np.cumsum(counts), within, side="right"))
+        return float(keys_to_floats(keys[min(i, len(keys) - 1) : min(i, len(keys) - 1) + 1])[0])
+
+    def count_below_key(self, key: int, buckets: range) -> int:
+        """Values with a key below ``key`` among the chosen ``buckets`` (a key range)."""
+        total = 0
+        for b in buckets:
+            if b in self.slots and self.slots[b].count:
+                keys, counts = self.distinct(b)
+                total += int(counts[keys < key].sum())
+        return total
+
+    def count_above_key(self, key: int, buckets: range) -> int:
+        """Values with a key above ``key`` among the chosen ``buckets``."""
+        total = 0
+        for b in buckets:
+            if b in self.slots and self.slots[b].count:
+                keys, counts = self.distinct(b)
+                total += int(counts[keys > key].sum())
+        return total
+
+    def first_at_least(self, key: int) -> float | None:
+        """The smallest value with a key >= ``key`` among the chosen buckets."""
+        for b in self.slots:
+            if self.slots[b].count and ((b - BUCKETS // 2) << 16) | 0xFFFF >= key:
+                keys, _ = self.distinct(b)
+                hit = keys[keys >= key]
+                if len(hit):
+                    return float(keys_to_floats(hit[:1])[0])
+        return None
+
+    def last_at_most(self, key: int) -> float | None:
+        """The largest value with a key <= ``key`` among the chosen buckets."""
+        for b in reversed(self.slots):
+            if self.slots[b].count and (b - BUCKETS // 2) << 16 <= key:
+                keys, _ = self.distinct(b)
+                hit = keys[keys <= key]
+                if len(hit):
+                    return float(keys_to_floats(hit[-1:])[0])
+        return None
+
+    def values_outside(self, lo_key: int, hi_key: int, buckets) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct values (float32) with a key below ``lo_key`` or above ``hi_key`` among the
+        chosen ``buckets`` (each listed once), with their counts."""
+        vals, cnts = [np.empty(0, np.float32)], [np.empty(0, np.int64)]
+        for b in buckets:
+            if b in self.slots and self.slots[b].count:
+                keys, counts = self.distinct(b)
+                out = (keys < lo_key) | (keys > hi_key)
+                vals.append(keys_to_floats(keys[out]))
+                cnts.append(counts[out])
+        return np.concatenate(vals), np.concatenate(cnts)
