@@ -47,7 +47,13 @@ from vitquant.analysis.keys import (
     raw_top_bits,
     sortable_keys,
 )
-from vitquant.analysis.merges import Reservoir, chan_merge, merge_samples
+from vitquant.analysis.merges import (
+    Reservoir,
+    batch_moments,
+    chan_merge,
+    channel_minmax,
+    merge_samples,
+)
 from vitquant.analysis.radix import Refinement
 from vitquant.distributed import DistContext
 from vitquant.errors import VitquantError
@@ -69,16 +75,6 @@ def _ranks(n: int, q: float) -> tuple[int, int, float]:
     h = (n - 1) * q
     lo = int(np.floor(h))
     return lo, min(lo + 1, n - 1), h - lo
-
-
-def _channel_minmax(x: torch.Tensor, cdim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel min and max of ``x`` with channels in dimension ``cdim``."""
-    if x.dim() <= 1:
-        return x.reshape(-1), x.reshape(-1)
-    if cdim == x.dim() - 1 and x.is_contiguous():
-        return torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0)  # (tokens, C) -> (C,)
-    dims = [d for d in range(x.dim()) if d != cdim]
-    return x.amin(dim=dims), x.amax(dim=dims)
 
 
 @dataclass
@@ -180,15 +176,11 @@ class PointAccumulator:
             return
         m = x.numel()
         cdim = self.channel_dim % x.dim() if x.dim() > 1 else 0
-        lo, hi = _channel_minmax(x, cdim)
+        lo, hi = channel_minmax(x, cdim)
         lo_b, hi_b = lo.min().item(), hi.max().item()
         self.min = min(self.min, lo_b)
         self.max = max(self.max, hi_b)
-        scale = max(abs(lo_b), abs(hi_b))
-        # float32 moments unless squares would under/overflow float32.
-        xm = x if 1e-15 < scale < 1e15 or scale == 0 else x.double()
-        var_b, mean_b = torch.var_mean(xm, correction=0)
-        mean_b, m2_b = mean_b.item(), var_b.item() * m
+        mean_b, m2_b = batch_moments(x.reshape(-1))
         self.n, self.mean, self.m2 = chan_merge((self.n, self.mean, self.m2), (m, mean_b, m2_b))
         absmax = torch.maximum(hi, -lo)
         self.chan_absmax = (
@@ -240,11 +232,13 @@ class PointAccumulator:
         """Every value of the chosen buckets; the values sure to be outliers are sampled."""
         x = x.detach().float().reshape(-1)
         cls = self.table.index_select(0, raw_top_bits(x))
+        hit = cls.nonzero().reshape(-1)  # few: tails and a handful of buckets
+        cls, values = cls[hit], x[hit]
         if self.windows is not None:
-            sure = x[cls == 1]
+            sure = values[cls == 1]
             if sure.numel():
                 self.outliers.add(sure)
-        keys = sortable_keys(x[cls == 2])
+        keys = sortable_keys(values[cls == 2])
         self.refine.add(keys, bucket_of(keys))
 
     def end2(self) -> None:
