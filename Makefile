@@ -32,7 +32,7 @@ format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: setup
-	$(BIN)/python benchmarks/analysis_memory.py
+	$(BIN)/python benchmarks/analysis_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -87,13 +87,14 @@ class Refinement:
     """
 
     def __init__(self, counts: torch.Tensor, buckets: set[int]):
-        self.cum = torch.cumsum(counts, 0)
+        cum = torch.cumsum(counts, 0)
         self.slots = {b: BucketValues(b, int(counts[b])) for b in sorted(buckets)}
+        self._below = {b: int(cum[b - 1]) if b else 0 for b in self.slots}  # not all of cum
         self._distinct: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def below(self, bucket: int) -> int:
-        """How many values lie in buckets before ``bucket``."""
-        return int(self.cum[bucket - 1]) if bucket else 0
+        """How many values lie in buckets before ``bucket`` (a chosen one)."""
+        return self._below[bucket]
 
     def add(self, keys: torch.Tensor, buckets: torch.Tensor) -> None:
         """Record values (their keys and coarse buckets) that fall in chosen buckets."""

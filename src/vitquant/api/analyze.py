@@ -31,7 +31,7 @@ def analyze(
 
     Points: every Linear/Conv output, and for ViTs (``family="vit"``, guessed from LayerNorm or
     attention modules) every LayerNorm and GELU output and timm attention's softmax. Exact
-    streaming statistics over the calibration images (three passes): min, max, mean, std,
+    streaming statistics over the calibration images (two passes): min, max, mean, std,
     quartiles, the IQR fences and the share of values outside them (``outlier_pct``).
 
     Args:

@@ -18,7 +18,7 @@ What it guarantees:
 - **images reach the model as they are**: no normalisation, resize or augmentation is applied
   to a user's batches. They are only re-cut to the batch size each step asks for (concatenated
   or split along the batch dimension; values untouched).
-- each role is read in the same order on every pass, so three-pass statistics and predictions
+- each role is read in the same order on every pass, so multi-pass statistics and predictions
   of several models line up image by image; a DataLoader that shuffles ``val`` or ``test`` is
   refused for that reason, and a one-shot generator is refused because it can be read once.
 - a role the user did not give comes from ``base`` (a ``DataBundle`` loaded by name), through

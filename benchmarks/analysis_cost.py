@@ -1,0 +1,211 @@
+"""What `analyze`'s activation statistics cost: time against plain inference, memory against N.
+
+Time: one child process loads the model and ``--time-images`` calibration images, then runs
+``--repeats`` rounds, each timing plain inference (``model(x)`` under ``no_grad`` over the same
+batches from the same loader, no hooks) and ``collect_activation_stats`` back to back (the
+order alternating between rounds). The ratio is the median of the per-round ratios
+``analysis / plain`` with its interquartile range: interleaved, so a slower minute for the
+machine slows both sides.
+
+Memory: each of ``--sizes`` runs in a child process of its own (so sizes do not contaminate
+each other), which reports its peak resident set size (``ru_maxrss``) after loading the model
+and data and after the analysis. The statistics are streaming, so the peak must not grow by more
+than ``LIMIT_MB`` from the smallest size to the largest.
+
+    python benchmarks/analysis_cost.py                        # cifar_vit: 1,000 images timed
+    python benchmarks/analysis_cost.py --model digits_vit --data digits --sizes 100 400 \\
+        --time-images 200 --repeats 2
+
+Writes JSON to runs/bench/analysis_cost.json (or --out) and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LIMIT_MB = 100.0
+TARGET_RATIO = 2.0  # issue 14: analyze at most 2x plain inference over the same images
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _load(model_name: str, data: str, n: int):
+    import torch
+
+    from vitquant.data import load_data
+    from vitquant.registry import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model(model_name)
+    loaded.model.eval()
+    return loaded, load_data(data, calib=n)
+
+
+def _analyse(loaded, bundle, batch_size: int, passes: list | None = None):
+    from vitquant.analysis import stats
+
+    if passes is not None:  # count the points that needed a third pass
+        original = stats.PointAccumulator.end2
+
+        def end2(acc):
+            original(acc)
+            passes.append(getattr(acc, "needs_pass3", True))  # older code: always three
+
+        stats.PointAccumulator.end2 = end2
+    try:
+        return stats.collect_activation_stats(
+            loaded.model, bundle, loaded.spec, batch_size=batch_size, progress=False
+        )
+    finally:
+        if passes is not None:
+            stats.PointAccumulator.end2 = original
+
+
+def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int) -> dict:
+    """Interleaved rounds of plain inference and analysis over the same ``n`` images."""
+    import torch
+
+    loaded, bundle = _load(model_name, data, n)
+
+    @torch.no_grad()
+    def plain() -> None:
+        for x, _ in bundle.batches("calib", loaded.spec, batch_size=batch_size):
+            loaded.model(x)
+
+    plain()  # warm-up (allocator, first-call costs)
+    rounds = []
+    third: list[bool] = []
+    for r in range(repeats):
+        times = {}
+        for name in ("plain", "analysis") if r % 2 == 0 else ("analysis", "plain"):
+            start = time.perf_counter()
+            if name == "plain":
+                plain()
+            else:
+                stats = _analyse(loaded, bundle, batch_size, third if r == 0 else None)
+            times[name] = time.perf_counter() - start
+        rounds.append(times)
+    ratios = [t["analysis"] / t["plain"] for t in rounds]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "images": len(bundle.calib_idx),
+        "points": len(stats),
+        "values_per_pass": int(sum(s.count for s in stats)),
+        "points_needing_a_third_pass": int(sum(third)),
+        "rounds_s": rounds,
+        "plain_s_median": statistics.median(t["plain"] for t in rounds),
+        "analysis_s_median": statistics.median(t["analysis"] for t in rounds),
+        "ratio": {"median": statistics.median(ratios), "iqr": q[2] - q[0]},
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def memory_child(model_name: str, data: str, n: int, batch_size: int) -> dict:
+    """Analyse ``n`` calibration images in this process; report peak memory."""
+    loaded, bundle = _load(model_name, data, n)
+    before = _rss_mb()
+    start = time.perf_counter()
+    stats = _analyse(loaded, bundle, batch_size)
+    return {
+        "images": len(bundle.calib_idx),
+        "points": len(stats),
+        "peak_rss_mb_before": before,
+        "peak_rss_mb": _rss_mb(),
+        "seconds": time.perf_counter() - start,
+        "mean_outlier_pct": sum(s.outlier_pct for s in stats) / len(stats),
+    }
+
+
+def _child(args: argparse.Namespace, *extra: str) -> dict:
+    cmd = [sys.executable, __file__, "--model", args.model, "--data", args.data]
+    cmd += ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats), *extra]
+    env = {**os.environ, "VITQUANT_QUIET": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"child {extra} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cifar_vit")
+    parser.add_argument("--data", default="cifar10")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--time-images", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/analysis_cost.json"))
+    parser.add_argument("--time-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.time_child is not None:
+        result = time_child(args.model, args.data, args.time_child, args.batch_size, args.repeats)
+        print(json.dumps(result))
+        return
+    if args.memory_child is not None:
+        print(json.dumps(memory_child(args.model, args.data, args.memory_child, args.batch_size)))
+        return
+
+    timing = _child(args, "--time-child", str(args.time_images))
+    print(
+        f"{timing['images']} images, {timing['points']} points: analysis "
+        f"{timing['analysis_s_median']:.1f} s vs plain inference {timing['plain_s_median']:.2f} s"
+        f" = {timing['ratio']['median']:.2f}x (IQR {timing['ratio']['iqr']:.2f}); "
+        f"{timing['points_needing_a_third_pass']} points needed a third pass"
+    )
+    runs = []
+    for n in args.sizes:
+        result = _child(args, "--memory-child", str(n))
+        runs.append(result)
+        print(
+            f"{n:>6} images: peak RSS {result['peak_rss_mb']:.1f} MB "
+            f"(after loading {result['peak_rss_mb_before']:.1f} MB), {result['seconds']:.1f} s"
+        )
+    growth = runs[-1]["peak_rss_mb"] - runs[0]["peak_rss_mb"]
+    payload = {
+        "benchmark": "analysis_cost",
+        "model": args.model,
+        "data": args.data,
+        "batch_size": args.batch_size,
+        "timing": timing,
+        "target_ratio": TARGET_RATIO,
+        "ratio_met": timing["ratio"]["median"] <= TARGET_RATIO,
+        "memory_runs": runs,
+        "growth_mb": growth,
+        "limit_mb": LIMIT_MB,
+        "memory_flat": growth <= LIMIT_MB,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "cpu_capability": timing["cpu_capability"],
+        },
+    }
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from vitquant.io import write_json
+
+    write_json(args.out, payload)
+    print(
+        f"memory {runs[-1]['images']} vs {runs[0]['images']} images: {growth:+.1f} MB "
+        f"(limit +{LIMIT_MB:.0f} MB) {'flat' if payload['memory_flat'] else 'GROWS'}; "
+        f"time ratio {'met' if payload['ratio_met'] else 'over'} the {TARGET_RATIO}x target; "
+        f"wrote {args.out}"
+    )
+    if not payload["memory_flat"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
