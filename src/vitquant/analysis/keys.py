@@ -8,13 +8,10 @@ does not fit in memory; the helpers are pure functions, tested against NumPy's f
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 
 BUCKETS = 1 << 16
-_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def sortable_keys(x: torch.Tensor) -> torch.Tensor:
@@ -30,19 +27,6 @@ def sortable_keys(x: torch.Tensor) -> torch.Tensor:
 def bucket_of(keys: torch.Tensor) -> torch.Tensor:
     """Top 16 bits of the keys as an index in ``[0, 65536)``."""
     return (keys >> 16) + (BUCKETS // 2)
-
-
-def raw_top_bits(x: torch.Tensor) -> torch.Tensor:
-    """The top 16 bits of each float32's raw bit pattern, in ``[0, 65536)`` (flat int32).
-
-    Cheaper than keys (no sign flip); ``RAW_OF_BUCKET`` maps a key bucket to these bits. On a
-    little-endian machine they are every second uint16 of the data: one strided copy instead of
-    a shift and a mask (4x faster on 0.8 M values here).
-    """
-    flat = x.to(torch.float32).contiguous().reshape(-1)
-    if _LITTLE_ENDIAN:
-        return flat.view(torch.uint16)[1::2].int()
-    return (flat.view(torch.int32) >> 16) & 0xFFFF
 
 
 def _raw_of_bucket() -> torch.Tensor:

@@ -37,6 +37,7 @@ from vitquant.analysis.fences import (
     window_outliers,
 )
 from vitquant.analysis.hooks import Point, observation_points, observe
+from vitquant.analysis.kernels import batch_summary, split_batch
 from vitquant.analysis.keys import (
     BUCKETS,
     RAW_OF_BUCKET,
@@ -44,14 +45,10 @@ from vitquant.analysis.keys import (
     bucket_of,
     float32_at_least,
     float32_at_most,
-    raw_top_bits,
-    sortable_keys,
 )
 from vitquant.analysis.merges import (
     Reservoir,
-    batch_moments,
     chan_merge,
-    channel_minmax,
     merge_samples,
 )
 from vitquant.analysis.radix import Refinement
@@ -176,18 +173,20 @@ class PointAccumulator:
             return
         m = x.numel()
         cdim = self.channel_dim % x.dim() if x.dim() > 1 else 0
-        lo, hi = channel_minmax(x, cdim)
-        lo_b, hi_b = lo.min().item(), hi.max().item()
-        self.min = min(self.min, lo_b)
-        self.max = max(self.max, hi_b)
-        mean_b, m2_b = batch_moments(x.reshape(-1))
+        # Squares are summed around a shift near the mean (the running mean; the batch's first
+        # value at first), in float64: M2 = sum((x - c)^2) - m (mean - c)^2 loses nothing.
+        shift = self.mean if self.n else float(x.reshape(-1)[0])
+        shift = shift if np.isfinite(shift) else 0.0
+        total, squares, lo, hi = batch_summary(x, cdim, shift, self.hist_raw.numpy())
+        mean_b = total / m
+        m2_b = max(squares - m * (mean_b - shift) ** 2, 0.0)
         self.n, self.mean, self.m2 = chan_merge((self.n, self.mean, self.m2), (m, mean_b, m2_b))
-        absmax = torch.maximum(hi, -lo)
+        self.min = min(self.min, float(lo.min()))
+        self.max = max(self.max, float(hi.max()))
+        absmax = torch.from_numpy(np.maximum(hi, -lo))
         self.chan_absmax = (
             absmax if self.chan_absmax is None else torch.maximum(self.chan_absmax, absmax)
         )
-        # Top 16 raw bits (sign, exponent, 7 mantissa bits); mapped to key order in begin2.
-        self.hist_raw += torch.bincount(raw_top_bits(x).reshape(-1), minlength=BUCKETS)
         self.sample.add(x)
 
     def _rank_buckets(self, cum: torch.Tensor) -> dict[int, int]:
@@ -230,15 +229,9 @@ class PointAccumulator:
 
     def update2(self, x: torch.Tensor) -> None:
         """Every value of the chosen buckets; the values sure to be outliers are sampled."""
-        x = x.detach().float().reshape(-1)
-        cls = self.table.index_select(0, raw_top_bits(x))
-        hit = cls.nonzero().reshape(-1)  # few: tails and a handful of buckets
-        cls, values = cls[hit], x[hit]
-        if self.windows is not None:
-            sure = values[cls == 1]
-            if sure.numel():
-                self.outliers.add(sure)
-        keys = sortable_keys(values[cls == 2])
+        sure, keys = split_batch(x, self.table.numpy())
+        if self.windows is not None and sure.numel():
+            self.outliers.add(sure)
         self.refine.add(keys, bucket_of(keys))
 
     def end2(self) -> None:
