@@ -80,3 +80,8 @@ def test_split_across_threads_equals_one_thread(monkeypatch):
     np.testing.assert_array_equal(s1[2], s2[2])
     np.testing.assert_array_equal(s1[3], s2[3])
     assert torch.equal(o1, o2) and torch.equal(k1, k2)
+
+
+def test_split_of_an_empty_batch_is_empty():
+    sure, keys = split_batch(torch.empty(0, 4), np.full(BUCKETS, 2, np.uint8))
+    assert sure.shape == keys.shape == (0,)

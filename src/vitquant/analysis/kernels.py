@@ -169,6 +169,8 @@ def split_batch(x: torch.Tensor, table: np.ndarray) -> tuple[torch.Tensor, torch
     flat = x.detach().to(torch.float32).contiguous().reshape(-1).numpy()
     bits = flat.view(np.uint32)
     cuts = _cuts(len(flat), _workers(len(flat)))
+    if not cuts:  # an empty output (a zero-size tensor at this point)
+        return torch.empty(0, dtype=torch.float32), torch.empty(0, dtype=torch.int32)
     parts = _map(lambda c: _pass2(flat[c[0] : c[1]], bits[c[0] : c[1]], table), cuts)
     if len(parts) == 1:
         sure, kept = parts[0]

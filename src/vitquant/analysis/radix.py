@@ -98,10 +98,15 @@ class Refinement:
 
     def add(self, keys: torch.Tensor, buckets: torch.Tensor) -> None:
         """Record values (their keys and coarse buckets) that fall in chosen buckets."""
-        for b, slot in self.slots.items():
-            mine = keys[buckets == b]
-            if mine.numel():
-                slot.add(mine)
+        if not keys.numel():
+            return
+        order = torch.argsort(buckets, stable=True)  # one sort instead of a mask per bucket
+        keys = keys[order]
+        uniq, counts = torch.unique_consecutive(buckets[order], return_counts=True)
+        start = 0
+        for b, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+            self.slots[b].add(keys[start : start + c])
+            start += c
 
     def distinct(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
         if bucket not in self._distinct:
