@@ -7,8 +7,9 @@ passes over memory in pass 1 and four in pass 2, which cost ~5x the model's own 
 ``cifar_vit`` (``benchmarks/analysis_cost.py``). These kernels read each value once per
 statistic in tight loops, without the GIL.
 
-Hand-written because no library fuses a radix histogram with moments and extremes; Numba (a
-well-kept JIT for exactly this kind of loop) compiles them once per machine (``cache=True``).
+Hand-written because no library computes a radix histogram, float64 moments and per-channel
+extremes of a float32 tensor without temporaries the size of the tensor; Numba (a well-kept JIT
+for exactly this kind of loop) compiles them once per machine (``cache=True``).
 They are compiled single-threaded (Numba's parallel threading layers do not mix safely with
 PyTorch's OpenMP pool and forked DataLoader workers in one process) without the GIL, and a
 batch is split across ``torch.get_num_threads()`` plain Python threads instead. Each kernel is
