@@ -44,10 +44,7 @@ RAW_OF_BUCKET = _raw_of_bucket().long()
 
 def key_to_float(bucket: int, low: int) -> float:
     """The float32 whose key has top 16 bits ``bucket`` (as from ``bucket_of``) and ``low``."""
-    k = ((bucket - BUCKETS // 2) << 16) | low
-    if k < 0:
-        k ^= 0x7FFFFFFF
-    return float(np.array([k], dtype=np.int64).astype(np.int32).view(np.float32)[0])
+    return float(keys_to_floats(np.array([((bucket - BUCKETS // 2) << 16) | low]))[0])
 
 
 def float_key(v: float) -> int:

@@ -56,12 +56,11 @@ class BucketValues:
         return self.data if self.dense else self.data[: self.fill]
 
     def set_merged(self, parts: list[torch.Tensor]) -> None:
-        """Replace the recorded values by those of every rank (``shard()`` of each)."""
-        if self.dense:
-            self.data = torch.stack(parts).sum(0).to(self.data.dtype)
-        else:
-            self.data = torch.cat(parts)
-        self.fill = self.count if self.dense else len(self.data)
+        """Buffer mode: replace the recorded keys by those of every rank (``shard()`` of each).
+
+        (A dense histogram is summed across ranks in place instead.)"""
+        self.data = torch.cat(parts)
+        self.fill = len(self.data)
 
     def distinct(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted distinct keys in the bucket and how many values have each."""
@@ -82,14 +81,13 @@ class Refinement:
     """Exact queries over the values of the chosen buckets.
 
     Args:
-        counts: the coarse histogram in key order (``counts[b]`` values in bucket ``b``).
+        cum: the cumulative coarse histogram in key order (``cum[b]`` values up to bucket ``b``).
         buckets: the buckets to keep every value of.
     """
 
-    def __init__(self, counts: torch.Tensor, buckets: set[int]):
-        cum = torch.cumsum(counts, 0)
-        self.slots = {b: BucketValues(b, int(counts[b])) for b in sorted(buckets)}
-        self._below = {b: int(cum[b - 1]) if b else 0 for b in self.slots}  # not all of cum
+    def __init__(self, cum: torch.Tensor, buckets: set[int]):
+        self._below = {b: int(cum[b - 1]) if b else 0 for b in sorted(buckets)}  # not all of cum
+        self.slots = {b: BucketValues(b, int(cum[b]) - below) for b, below in self._below.items()}
         self._distinct: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def below(self, bucket: int) -> int:
@@ -113,30 +111,26 @@ class Refinement:
             self._distinct[bucket] = self.slots[bucket].distinct()
         return self._distinct[bucket]
 
+    def _each(self, buckets):
+        """``(keys, counts)`` of each non-empty chosen bucket among ``buckets``."""
+        for b in buckets:
+            if b in self.slots and self.slots[b].count:
+                yield self.distinct(b)
+
     def value_at_rank(self, rank: int, bucket: int) -> float:
         """The value of 0-based order statistic ``rank``, which lies in ``bucket``."""
         keys, counts = self.distinct(bucket)
         within = rank - self.below(bucket)
         i = int(np.searchsorted(np.cumsum(counts), within, side="right"))
-        return float(keys_to_floats(keys[min(i, len(keys) - 1) : min(i, len(keys) - 1) + 1])[0])
+        return float(keys_to_floats(keys[[min(i, len(keys) - 1)]])[0])
 
     def count_below_key(self, key: int, buckets: range) -> int:
         """Values with a key below ``key`` among the chosen ``buckets`` (a key range)."""
-        total = 0
-        for b in buckets:
-            if b in self.slots and self.slots[b].count:
-                keys, counts = self.distinct(b)
-                total += int(counts[keys < key].sum())
-        return total
+        return sum(int(counts[keys < key].sum()) for keys, counts in self._each(buckets))
 
     def count_above_key(self, key: int, buckets: range) -> int:
         """Values with a key above ``key`` among the chosen ``buckets``."""
-        total = 0
-        for b in buckets:
-            if b in self.slots and self.slots[b].count:
-                keys, counts = self.distinct(b)
-                total += int(counts[keys > key].sum())
-        return total
+        return sum(int(counts[keys > key].sum()) for keys, counts in self._each(buckets))
 
     def first_at_least(self, key: int) -> float | None:
         """The smallest value with a key >= ``key`` among the chosen buckets."""
@@ -162,10 +156,8 @@ class Refinement:
         """Distinct values (float32) with a key below ``lo_key`` or above ``hi_key`` among the
         chosen ``buckets`` (each listed once), with their counts."""
         vals, cnts = [np.empty(0, np.float32)], [np.empty(0, np.int64)]
-        for b in buckets:
-            if b in self.slots and self.slots[b].count:
-                keys, counts = self.distinct(b)
-                out = (keys < lo_key) | (keys > hi_key)
-                vals.append(keys_to_floats(keys[out]))
-                cnts.append(counts[out])
+        for keys, counts in self._each(buckets):
+            out = (keys < lo_key) | (keys > hi_key)
+            vals.append(keys_to_floats(keys[out]))
+            cnts.append(counts[out])
         return np.concatenate(vals), np.concatenate(cnts)

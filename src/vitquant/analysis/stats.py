@@ -211,7 +211,7 @@ class PointAccumulator:
         cum = torch.cumsum(counts, 0)
         self.rank_bucket = self._rank_buckets(cum)
         chosen = set(self.rank_bucket.values())
-        self.table = torch.zeros(BUCKETS, dtype=torch.uint8)  # by raw top bits: 1 sure, 2 kept
+        self.table = np.zeros(BUCKETS, dtype=np.uint8)  # by raw top bits: 1 sure, 2 kept
         self.windows = fence_windows(
             self._quartile_bounds(0.25, self.rank_bucket),
             self._quartile_bounds(0.75, self.rank_bucket),
@@ -223,13 +223,13 @@ class PointAccumulator:
             self.n_sure_out = sure_outliers(self.windows, cum)
             sure = torch.ones(BUCKETS, dtype=torch.bool)
             sure[self.windows[0].start : self.windows[1].stop] = False
-            self.table[RAW_OF_BUCKET[sure]] = 1
-        self.refine = Refinement(counts, chosen)
-        self.table[RAW_OF_BUCKET[sorted(chosen)]] = 2
+            self.table[RAW_OF_BUCKET[sure].numpy()] = 1
+        self.refine = Refinement(cum, chosen)
+        self.table[RAW_OF_BUCKET[sorted(chosen)].numpy()] = 2
 
     def update2(self, x: torch.Tensor) -> None:
         """Every value of the chosen buckets; the values sure to be outliers are sampled."""
-        sure, keys = split_batch(x, self.table.numpy())
+        sure, keys = split_batch(x, self.table)
         if self.windows is not None and sure.numel():
             self.outliers.add(sure)
         self.refine.add(keys, bucket_of(keys))
@@ -253,7 +253,7 @@ class PointAccumulator:
         self.needs_pass3 = self.windows is None
         if not self.needs_pass3:
             self._count_outliers()
-        self.refine = None  # free the kept values
+        self.refine = self.table = None  # free the kept values and the class table
 
     def _count_outliers(self) -> None:
         """Outliers, whiskers and outlier sample from the kept buckets and the sure outliers."""
