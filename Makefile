@@ -22,7 +22,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	VITQUANT_QUIET=1 $(BIN)/pytest -q --durations=25
+	VITQUANT_QUIET=1 $(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -10,6 +10,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VITQUANT_ASSETS", str(REPO.parent / "shared"))
 os.environ.setdefault("VITQUANT_QUIET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two xdist workers on this 2-core machine: one thread each (the CLI
+    # subprocesses inherit it), so they do not oversubscribe the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +28,14 @@ def assets() -> Path:
 @pytest.fixture(scope="session")
 def digits_models() -> dict[str, str]:
     """Train (once, into the user cache) and return the digits checkpoints."""
+    from filelock import FileLock
+
+    from vitquant.paths import cache_dir
     from vitquant.prepare import ensure_trained
 
-    return {name: ensure_trained(name, log=lambda s: None) for name in ("digits_vit", "digits_cnn")}
+    # Two xdist workers may both find the cache empty: one trains, the other waits for it.
+    with FileLock(str(cache_dir() / "digits-training.lock")):
+        return {n: ensure_trained(n, log=lambda s: None) for n in ("digits_vit", "digits_cnn")}
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,9 @@ extremes of a float32 tensor without temporaries the size of the tensor; Numba (
 for exactly this kind of loop) compiles them once per machine (``cache=True``).
 They are compiled single-threaded (Numba's parallel threading layers do not mix safely with
 PyTorch's OpenMP pool and forked DataLoader workers in one process) without the GIL, and a
-batch is split across ``torch.get_num_threads()`` plain Python threads instead. Each kernel is
+batch is split across ``torch.get_num_threads()`` plain Python threads instead. The split into
+parts depends only on the batch's size, never on the thread count, and the parts' float64 sums
+are added in part order: the statistics are the same bits with 1 thread or 16. Each kernel is
 tested against the PyTorch/NumPy computation it replaces (``tests/test_analysis_kernels.py``).
 """
 
@@ -114,22 +116,39 @@ def _as_3d(x: torch.Tensor, cdim: int) -> np.ndarray:
 
 
 _POOL: ThreadPoolExecutor | None = None
-_MIN_PER_THREAD = 1 << 16  # values; smaller batches are not worth a thread hand-off
+_MIN_PER_PART = 1 << 16  # values; smaller batches are not worth a thread hand-off
+_MAX_PARTS = 8
 
 
-def _workers(n_values: int) -> int:
-    return max(1, min(torch.get_num_threads(), n_values // _MIN_PER_THREAD))
+def _parts(n_values: int) -> int:
+    """How many parts a batch of ``n_values`` values is cut into (not the thread count: the
+    sums must not depend on it)."""
+    return max(1, min(_MAX_PARTS, n_values // _MIN_PER_PART))
 
 
-def _map(fn, chunks: list) -> list:
-    """``fn`` over ``chunks``, the first in this thread and the rest in the pool."""
+def _map(fn, chunks: list, *, state=None) -> tuple[list, list]:
+    """``fn(chunk, own)`` over ``chunks`` on ``torch.get_num_threads()`` threads (this one
+    included): thread ``k`` runs chunks ``k, k + threads, ...`` in order with its own
+    ``own = state(k)``. Returns the results in chunk order and each thread's ``own``."""
     global _POOL
-    if len(chunks) == 1:
-        return [fn(chunks[0])]
+    workers = max(1, min(len(chunks), torch.get_num_threads()))
+    state = state or (lambda k: None)
+
+    def group(k: int):
+        own = state(k)
+        return own, [fn(c, own) for c in chunks[k::workers]]
+
+    if workers == 1:
+        own, results = group(0)
+        return results, [own]
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vitquant-stats")
-    futures = [_POOL.submit(fn, c) for c in chunks[1:]]
-    return [fn(chunks[0]), *(f.result() for f in futures)]
+    futures = [_POOL.submit(group, k) for k in range(1, workers)]
+    groups = [group(0), *(f.result() for f in futures)]
+    results: list = [None] * len(chunks)
+    for k, (_, part) in enumerate(groups):
+        results[k::workers] = part
+    return results, [own for own, _ in groups]
 
 
 def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
@@ -144,20 +163,19 @@ def batch_summary(
     ``(sum, sum((x - shift)^2), per-channel min, per-channel max)`` (sums in float64)."""
     values = _as_3d(x, cdim)
     channels = values.shape[1]
-    cuts = _cuts(values.shape[0], min(_workers(values.size), values.shape[0]))
+    cuts = _cuts(values.shape[0], min(_parts(values.size), values.shape[0]))
 
-    def run(cut: tuple[int, int]):
+    def run(cut: tuple[int, int], own: np.ndarray):
         part = values[cut[0] : cut[1]]
-        own = hist if cut[0] == 0 else np.zeros_like(hist)
         cmin = np.full(channels, np.inf, np.float32)
         cmax = np.full(channels, -np.inf, np.float32)
         total, squares = _pass1(part, part.view(np.uint32), float(shift), own, cmin, cmax)
-        return total, squares, cmin, cmax, own
+        return total, squares, cmin, cmax
 
-    parts = _map(run, cuts)
-    for part in parts[1:]:
-        hist += part[4]
-    total = sum(p[0] for p in parts)
+    parts, hists = _map(run, cuts, state=lambda k: hist if k == 0 else np.zeros_like(hist))
+    for own in hists[1:]:
+        hist += own
+    total = sum(p[0] for p in parts)  # in part order: the same bits whatever the threads
     squares = sum(p[1] for p in parts)
     cmin = np.minimum.reduce([p[2] for p in parts])
     cmax = np.maximum.reduce([p[3] for p in parts])
@@ -169,10 +187,10 @@ def split_batch(x: torch.Tensor, table: np.ndarray) -> tuple[torch.Tensor, torch
     those with class 2 (kept buckets), in the order they come."""
     flat = x.detach().to(torch.float32).contiguous().reshape(-1).numpy()
     bits = flat.view(np.uint32)
-    cuts = _cuts(len(flat), _workers(len(flat)))
+    cuts = _cuts(len(flat), _parts(len(flat)))
     if not cuts:  # an empty output (a zero-size tensor at this point)
         return torch.empty(0, dtype=torch.float32), torch.empty(0, dtype=torch.int32)
-    parts = _map(lambda c: _pass2(flat[c[0] : c[1]], bits[c[0] : c[1]], table), cuts)
+    parts, _ = _map(lambda c, _: _pass2(flat[c[0] : c[1]], bits[c[0] : c[1]], table), cuts)
     if len(parts) == 1:
         sure, kept = parts[0]
     else:
