@@ -17,7 +17,7 @@ def run(digits_models, tmp_path_factory):
         sys.executable, "-m", "vitquant", "pipeline", "digits_vit", "--data", "digits",
         "--wbits", "2", "--abits", "4", "--quantize-attention", "--vit-methods", "gptq",
         "--max-drop", "0.5", "--calib", "64", "--val", "150", "--limit", "150",
-        "--stats-images", "64", "--no-qat", "--out", str(out),
+        "--stats-images", "64", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(args, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -40,6 +40,8 @@ def test_methods_run_before_ignore_lists_and_decisions_are_recorded(run):
     )
     for step in ("static-auto", "dynamic", "qat"):
         assert by_step[step]["status"] == "skip"
+    # QAT trains uniform Linear/Conv fake quantizers: not this target's quantized attention
+    assert "--quantize-attention" in by_step["qat"]["reason"]
     # every low-bit row is simulated and never timed; the choice says so
     rows = [r for r in doc["results"] if r["variant"] != "fp32"]
     assert rows and all(r["simulated"] and r["latency_ms_per_image"] is None for r in rows)

@@ -11,7 +11,9 @@ from vitquant.cli.options import (
     PER_CHANNEL,
     QUANTIZER,
     SYMMETRIC_ACTIVATIONS,
+    ABitsOpt,
     BatchOpt,
+    BitsRuleOpt,
     CalibOpt,
     CheckpointOpt,
     DataOpt,
@@ -42,6 +44,7 @@ from vitquant.cli.options import (
     TrainLimitOpt,
     ValOpt,
     VerboseOpt,
+    WBitsOpt,
     WdOpt,
 )
 from vitquant.evaluate import set_threads
@@ -63,10 +66,29 @@ def ignored_scope(model, ignore, ignore_type, ignore_file):
     return resolve_modules(model, scope)
 
 
+def check_low_bit_export(wbits: int, abits: int, bits, export: str) -> bool:
+    """Whether the bits options ask for a low-bit (simulated) model; refuses ``--export pte``
+    with one (no runtime executes it) before any data is loaded or trained."""
+    from vitquant.errors import VitquantError
+    from vitquant.quant.lowbit.bits import BitSetting, BitsPlan
+    from vitquant.quant.lowbit.narrow import is_low_bit
+
+    low = is_low_bit(BitsPlan.from_texts(BitSetting(wbits, abits), bits or []))
+    if low and export != "none":
+        raise VitquantError(
+            f"--export {export} lowers int8 kernels, but W{wbits}A{abits} (or a --bits rule) "
+            "is below 8 bits and only simulated: drop --export, or train at 8 bits."
+        )
+    return low
+
+
 def finish_qat(
     loaded, bundle, cfg, result, directory: Path, *, ignored, onnx, latency, stem, export="none"
 ):
-    """Plot, save and test the kept model; the part of qat.json / search.json it fills."""
+    """Plot, save and test the kept model; the part of qat.json / search.json it fills.
+
+    A low-bit ``cfg`` is only simulated: no ONNX / ``.pte`` export (``DeployOptions.bits``).
+    """
     from vitquant.plots.qat import plot_qat_history
     from vitquant.quant.qat import DeployOptions, deploy_and_report
 
@@ -79,7 +101,12 @@ def finish_qat(
         directory,
         ignored=ignored,
         options=DeployOptions(
-            onnx=onnx, latency=latency, stem=stem, backend=cfg.backend, export=export
+            onnx=onnx and not cfg.low_bit,
+            latency=latency,
+            stem=stem,
+            backend=cfg.backend,
+            export=export,
+            bits=cfg.bits_label if cfg.low_bit else None,
         ),
         log=console.print,
     )
@@ -112,6 +139,9 @@ def qat_cmd(
     freeze_observers_after: FreezeObsOpt = None,
     freeze_bn_after: FreezeBnOpt = None,
     train_limit: TrainLimitOpt = None,
+    wbits: WBitsOpt = 8,
+    abits: ABitsOpt = 8,
+    bits: BitsRuleOpt = None,
     ignore: IgnoreOpt = None,
     ignore_type: IgnoreTypeOpt = None,
     ignore_file: IgnoreFileOpt = None,
@@ -139,11 +169,15 @@ def qat_cmd(
     Every epoch a converted copy is evaluated on val; the kept model is tested, saved as .pt2 and
     .onnx, and reported as results rows. Under `torchrun --nproc-per-node N` it trains with
     DistributedDataParallel (gloo on CPU, nccl with CUDA); rank 0 evaluates and writes.
+
+    With --wbits/--abits below 8 (or --bits rules) the fake-quant ranges narrow to that many
+    bits; the kept model is simulated (no CPU kernels), so it is neither timed nor exported.
     """
     from vitquant.quant.qat import dist_context, run_qat
 
     t0 = time.perf_counter()
     check_export(export, check_backend(quantizer))  # before any data or training
+    low_bit = check_low_bit_export(wbits, abits, bits, export)
     directory = prepare_out(out, "qat", model, overwrite)
     ctx = dist_context()
     if ctx.world == 1:
@@ -175,8 +209,13 @@ def qat_cmd(
         symmetric_activations=symmetric_activations,
         seed=seed,
         backend=quantizer,
+        wbits=wbits,
+        abits=abits,
+        bits=tuple(bits or ()),
     )
     scope = ignored_scope(loaded.model, ignore, ignore_type, ignore_file)
+    if low_bit and onnx and ctx.is_main:
+        console.print(f"{cfg.bits_label} is simulated: no ONNX export (as with --no-onnx)")
     say = console.print if ctx.is_main else (lambda *a, **k: None)
     say(f"QAT of {model} on {bundle.name} {bundle.sizes()}: {cfg}")
     result = run_qat(loaded.model, loaded.spec, bundle, cfg, ignore=scope.modules, log=say)

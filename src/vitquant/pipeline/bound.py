@@ -80,11 +80,14 @@ def qat_step(name: str, loaded, bundle: DataBundle, cfg, out: Path, *, log):
 
         directory = out / "qat"
         directory.mkdir(parents=True, exist_ok=True)
+        low = cfg.lowbit  # a low-bit target trains at its W/A bits and per-layer rules
+        bits = {} if low is None else dict(wbits=low.wbits, abits=low.abits, bits=low.rules)
         base = QATConfig(
             epochs=cfg.qat_epochs,
             train_limit=cfg.qat_train_limit,
             backend=cfg.backend,
             per_channel=cfg.per_channel,
+            **bits,
         )
         scfg = SearchConfig(
             trials=cfg.trials,

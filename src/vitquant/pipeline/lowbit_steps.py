@@ -1,6 +1,7 @@
 """The pipeline's steps for a low-bit target (``PipelineConfig.lowbit``): min-max, then the
-ViT-aware methods, then the outlier ignore list on top of them. Every row is the eager
-emulation of the low-bit graph (``simulated``): no CPU runtime executes 4- or 6-bit activations.
+ViT-aware methods, then the outlier ignore list on top of them, then QAT at the target's bits.
+Every row is the eager emulation of the low-bit graph (``simulated``): no CPU runtime executes
+4- or 6-bit activations.
 """
 
 from __future__ import annotations
@@ -120,3 +121,54 @@ def ignore_outliers(ctx: Context, variant_result) -> StepResult:
 def not_for_lowbit(step: str, why: str) -> StepResult:
     """A step the low-bit target skips, with the reason recorded."""
     return StepResult(Decision(step, "skipped", why, "skip"))
+
+
+def qat_unsupported(lowbit) -> str:
+    """Why QAT cannot train the low-bit target ``lowbit`` (empty: it can).
+
+    QAT narrows the backend quantizer's fake-quant ranges (``lowbit.narrow``): uniform
+    per-tensor activations and per-channel weights of the Linear/Conv layers. A target that
+    also quantizes attention or LayerNorm, or uses another activation quantizer, is a setting
+    QAT does not train.
+    """
+    extras = [
+        flag
+        for flag, on in (
+            ("--quantize-attention", lowbit.quantize_attention),
+            ("--quantize-layernorm", lowbit.quantize_layernorm),
+            (f"softmax={lowbit.softmax}", lowbit.softmax != "uniform"),
+            (f"gelu={lowbit.gelu}", lowbit.gelu != "uniform"),
+        )
+        if on
+    ]
+    if not extras:
+        return ""
+    return (
+        f"QAT trains the Linear/Conv layers at the target's bits with uniform fake quantizers; "
+        f"the target also has {', '.join(extras)}, which QAT does not train - the low-bit target "
+        "ends with its best post-training row"
+    )
+
+
+def measure_qat(ctx: Context, converted, int8: list[str], floats: list[str], details: dict):
+    """The QAT row of a low-bit target: its converted graph's eager emulation (simulated)."""
+    from vitquant.measure import Candidate
+    from vitquant.quant.artifacts import save_pt2e
+    from vitquant.quant.lowbit.study import BACKEND
+
+    example = ctx.example()
+    path = save_pt2e(converted, example, ctx.artifacts / f"{_label(ctx)}-qat.pt2")
+    return ctx.measurer.measure(
+        Candidate(
+            "qat",
+            BACKEND,
+            converted,
+            artifact=path,
+            int8_layers=int8,
+            float_layers=floats,
+            ignored=[],
+            simulated=True,
+            timed=False,
+            extra=details,
+        )
+    )

@@ -252,12 +252,8 @@ def qat(ctx: Context) -> StepResult:
     from vitquant.quant.pt2e import split_int8
 
     cfg = ctx.cfg
-    if cfg.lowbit is not None:
-        return lowbit_steps.not_for_lowbit(
-            "qat",
-            "QAT at low bits is not built yet (the QAT quantizer is int8); the low-bit target "
-            "ends with its best post-training row",
-        )
+    if cfg.lowbit is not None and (why := lowbit_steps.qat_unsupported(cfg.lowbit)):
+        return lowbit_steps.not_for_lowbit("qat", why)
     int8_rows = [r for r in ctx.measurer.rows if r.variant != "fp32"]
     best = min(int8_rows, key=ctx.val_drop)
     best_drop = ctx.val_drop(best)
@@ -274,9 +270,12 @@ def qat(ctx: Context) -> StepResult:
     forced = " (forced)" if cfg.force_qat and best_drop <= cfg.max_drop else ""
     converted, details = ctx.qat_search()
     int8, floats = split_int8(ctx.model, converted)
-    row = ctx.measure_quantized(
-        "qat", converted, int8_layers=int8, float_layers=floats, ignored=[], extra=details
-    )
+    if cfg.lowbit is not None:
+        row = lowbit_steps.measure_qat(ctx, converted, int8, floats, details)
+    else:
+        row = ctx.measure_quantized(
+            "qat", converted, int8_layers=int8, float_layers=floats, ignored=[], extra=details
+        )
     result = _variant(
         ctx,
         "qat",

@@ -76,6 +76,8 @@ def make_quantizer(
     is_qat: bool = False,
     is_dynamic: bool = False,
     ignore: Iterable[str] = (),
+    plan=None,
+    layers: Iterable[str] = (),
 ):
     """A pt2e ``Quantizer`` for ``backend`` that keeps the ``ignore`` modules in float.
 
@@ -86,10 +88,19 @@ def make_quantizer(
         per_channel, symmetric_activations, observer, percentile, is_qat, is_dynamic: the
             recipe; ``observer`` None is the backend's ``default_observer``.
         ignore: resolved module names (see ``IgnoreScope.resolve``) to leave unannotated.
+        plan: a ``BitsPlan`` narrowing the backend's ranges (``lowbit.narrow``): its default
+            everywhere, its rules on the matching ``layers`` (the quantizable layer names).
+            None: the backend's int8.
     """
     target = get_backend(check_backend(backend))
+    bits: dict = {}
+    if plan is not None:
+        from vitquant.quant.lowbit.narrow import bits_overrides
+
+        bits = dict(default_bits=plan.default, layer_bits=bits_overrides(plan, layers, ignore))
     return target.make_quantizer(
         list(ignore),
+        **bits,
         per_channel=per_channel,
         symmetric_activations=symmetric_activations,
         observer=observer or target.default_observer,

@@ -95,11 +95,12 @@ class Backend:
 
     # -- what is quantized (pt2e) -------------------------------------------------------------
 
-    def make_quantizer(self, ignore: list[str], **options):
+    def make_quantizer(self, ignore: list[str], *, default_bits=None, layer_bits=None, **options):
         """A pt2e ``Quantizer`` keeping ``ignore`` modules unannotated (float).
 
         ``options``: ``per_channel``, ``symmetric_activations``, ``observer``, ``percentile``,
         ``is_qat``, ``is_dynamic`` (see ``vitquant.quant.pt2e.make_quantizer``).
+        ``default_bits`` / ``layer_bits``: ``BitSetting`` narrowing, global and per layer.
         """
         raise VitquantError(f"{self.name} has no pt2e quantizer.")
 

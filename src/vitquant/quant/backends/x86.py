@@ -98,15 +98,24 @@ class X86Backend(Backend):
     lowers = True
     dynamic_label = "pytorch"
 
-    def make_quantizer(self, ignore: list[str], **options):
+    def make_quantizer(self, ignore: list[str], *, default_bits=None, layer_bits=None, **options):
         """torchao's ``X86InductorQuantizer`` with ``quantization_config(**options)``; ``ignore``
-        modules get ``set_module_name_qconfig(name, None)`` (left unannotated, so float)."""
+        modules get ``set_module_name_qconfig(name, None)`` (left unannotated, so float).
+
+        ``default_bits`` / ``layer_bits`` (``BitSetting``, and layer name -> ``BitSetting``)
+        narrow the config's ranges (``lowbit.narrow``), globally and per layer.
+        """
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer,
         )
 
+        from vitquant.quant.lowbit.narrow import narrow_config
+
+        config = quantization_config(**options)
         quantizer = X86InductorQuantizer()
-        quantizer.set_global(quantization_config(**options))
+        quantizer.set_global(narrow_config(config, default_bits) if default_bits else config)
+        for name, setting in (layer_bits or {}).items():
+            quantizer.set_module_name_qconfig(name, narrow_config(config, setting))
         for name in ignore:
             quantizer.set_module_name_qconfig(name, None)
         return quantizer

@@ -82,20 +82,26 @@ class XnnpackBackend(Backend):
     exports = ("pte",)
     dynamic_label = "pt2e-xnnpack"
 
-    def make_quantizer(self, ignore: list[str], **options):
+    def make_quantizer(self, ignore: list[str], *, default_bits=None, layer_bits=None, **options):
         """ExecuTorch's ``XNNPACKQuantizer`` with ``xnnpack_config(**options)``.
 
         ``XNNPACKQuantizer.set_module_name(name, None)`` is not supported (it asserts), so the
         ignore list goes through its documented ``set_filter_function``: a node inside an
         ignored module (torchao's ``get_module_name_filter``) is not annotated and stays in
         float - what ``set_module_name_qconfig(name, None)`` does on the x86 quantizer.
+        ``default_bits`` / ``layer_bits`` narrow the ranges as on x86 (``lowbit.narrow``).
         """
         require_executorch()
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
         from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
+        from vitquant.quant.lowbit.narrow import narrow_config
+
+        config = xnnpack_config(**options)
         quantizer = XNNPACKQuantizer()
-        quantizer.set_global(xnnpack_config(**options))
+        quantizer.set_global(narrow_config(config, default_bits) if default_bits else config)
+        for name, setting in (layer_bits or {}).items():
+            quantizer.set_module_name(name, narrow_config(config, setting))
         if ignore:
             filters = [get_module_name_filter(name) for name in ignore]
             quantizer.set_filter_function(lambda node: not any(f(node) for f in filters))

@@ -9,6 +9,8 @@ from torch import nn
 
 from vitquant.errors import VitquantError
 from vitquant.quant.configs import check_backend
+from vitquant.quant.lowbit.bits import BitSetting, BitsPlan
+from vitquant.quant.lowbit.narrow import is_low_bit
 from vitquant.train import TrainConfig
 
 
@@ -35,6 +37,11 @@ class QATConfig:
         symmetric_activations: activations with zero point 0 (x86: int8 instead of uint8).
         seed: seed of the epoch order, augmentation and dropout.
         eval_batch: batch size of the validation passes.
+        wbits: weight bits of every quantized layer (8: the backend's int8; below 8 the
+            fake-quant ranges narrow, ``vitquant.quant.lowbit.narrow``, and the model is a
+            simulated low-bit one: no CPU runtime has such kernels).
+        abits: activation bits of every quantized input.
+        bits: per-layer rules ``GLOB=W/A`` (``vitquant.quant.lowbit.bits``), last match wins.
     """
 
     epochs: int = 3
@@ -55,8 +62,13 @@ class QATConfig:
     symmetric_activations: bool = False
     seed: int = 0
     eval_batch: int = 256
+    wbits: int = 8
+    abits: int = 8
+    bits: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", tuple(self.bits))
+        self.plan  # noqa: B018 - validates the widths and the rules' syntax
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})."),
             (self.lr > 0, f"--lr must be > 0 (got {self.lr})."),
@@ -81,6 +93,21 @@ class QATConfig:
             if not ok:
                 raise VitquantError(message)
         check_backend(self.backend)
+
+    @property
+    def plan(self) -> BitsPlan:
+        """The bit widths per layer (``--wbits``/``--abits`` and the ``--bits`` rules)."""
+        return BitsPlan.from_texts(BitSetting(self.wbits, self.abits), self.bits)
+
+    @property
+    def low_bit(self) -> bool:
+        """Whether any layer is set below 8 bits (the model is then simulated, not lowered)."""
+        return is_low_bit(self.plan)
+
+    @property
+    def bits_label(self) -> str:
+        """``W4A4``, with ``+rules`` when per-layer rules are given."""
+        return str(self.plan.default) + ("+rules" if self.bits else "")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vitquant.data import DataBundle
+from vitquant.errors import VitquantError
 from vitquant.quant.configs import check_export
 from vitquant.quant.qat.config import QATResult
 
@@ -52,6 +53,9 @@ class DeployOptions:
         backend: the quantizer the model was trained with (``get_backend``): names the pt2e
             row, and its ``lower`` gives the runner measured (x86: inductor-lowered int8).
         export: ``pte``: also lower to an ExecuTorch XNNPACK program, run and measure it.
+        bits: the low-bit setting the model was trained at (``QATConfig.bits_label``), or None
+            for int8. A low-bit model is only emulated: its row is ``simulated`` and untimed
+            (backend ``pt2e-lowbit``), and nothing is lowered or exported to ONNX / ``.pte``.
     """
 
     onnx: bool = True
@@ -60,9 +64,15 @@ class DeployOptions:
     stem: str = "qat_int8"
     backend: str = "x86"
     export: str = "none"
+    bits: str | None = None
 
     def __post_init__(self) -> None:
         check_export(self.export, self.backend)
+        if self.bits is not None and (self.onnx or self.export != "none"):
+            raise VitquantError(
+                f"a {self.bits} QAT model is simulated: no runtime has {self.bits} kernels, so "
+                "it is not exported to ONNX or .pte; drop --export pte (and use --no-onnx)."
+            )
 
 
 def deploy_and_report(
@@ -128,6 +138,8 @@ def deploy_and_report(
     label = backend.graph_label
     pt2 = backend.save(qm, directory / f"{options.stem}.pt2")
     probe = measurer.examples.get(options.latency_batch)
+    if options.bits is not None:
+        return _report_low_bit(measurer, qm, result, pt2, options.bits, log)
     lowered = backend.lower(qm.module, enabled=options.latency, probe=probe)
     if "lowering_error" in lowered.extra:
         notes.append(
@@ -173,6 +185,11 @@ def deploy_and_report(
             ort = get_backend("onnxruntime")
             _deployed(measurer, ort, onnx_path, qm, twin=("qat", label))
 
+    return _report(measurer, qrow, qm, artifacts, notes, log)
+
+
+def _report(measurer, qrow, qm, artifacts: dict, notes: list[str], log) -> dict:
+    """Finalize the rows against fp32, log them and return ``deploy_and_report``'s dict."""
     rows = measurer.finalize()
     for row in rows:
         log(
@@ -184,10 +201,39 @@ def deploy_and_report(
         "artifacts": artifacts,
         "test_acc": qrow.accuracy,
         "fp32_test_acc": rows[0].accuracy,
-        "int8_layers": int8_layers,
-        "float_layers": float_layers,
+        "int8_layers": qm.int8_layers,
+        "float_layers": qm.float_layers,
         "notes": notes,
     }
+
+
+def _report_low_bit(measurer, qm, result: QATResult, pt2: Path, bits: str, log=print) -> dict:
+    """The low-bit QAT row: the converted graph's eager emulation, simulated and untimed."""
+    from vitquant.measure import Candidate
+    from vitquant.quant.lowbit.study import BACKEND
+
+    qrow = measurer.measure(
+        Candidate(
+            "qat",
+            BACKEND,
+            qm.module,
+            artifact=pt2,
+            int8_layers=qm.int8_layers,
+            float_layers=qm.float_layers,
+            ignored=qm.ignored,
+            simulated=True,
+            timed=False,
+            extra={
+                "best_epoch": result.best_epoch,
+                "best_val_acc": result.best_val,
+                "config": {"bits": bits},
+                "timed": "not timed: no CPU runtime has these bit widths (simulated)",
+            },
+        )
+    )
+    notes = [f"{bits}: the QAT model is simulated (quantize/dequantize around float kernels)"]
+    artifacts = {"pt2": str(pt2), "onnx": None, "pte": None}
+    return _report(measurer, qrow, qm, artifacts, notes, log)
 
 
 def _deployed(measurer, backend, path: Path, qm, *, twin: tuple[str, str], extra=None) -> None:

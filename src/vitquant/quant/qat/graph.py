@@ -32,14 +32,19 @@ DROPOUT_TARGETS = (
 )  # the ``train`` flag is argument 2
 
 
-def make_qat_quantizer(cfg: QATConfig, ignore: Sequence[str] = ()):
-    """The pt2e quantizer of ``cfg.backend`` in QAT mode, with ``ignore`` modules left in float."""
+def make_qat_quantizer(
+    cfg: QATConfig, ignore: Sequence[str] = (), layers: Sequence[str] = ()
+) -> object:
+    """The pt2e quantizer of ``cfg.backend`` in QAT mode, with ``ignore`` modules left in float
+    and its ranges narrowed to ``cfg.plan`` (the rules applied to the ``layers`` they match)."""
     return make_quantizer(
         backend=cfg.backend,
         per_channel=cfg.per_channel,
         symmetric_activations=cfg.symmetric_activations,
         is_qat=True,
         ignore=list(ignore),
+        plan=cfg.plan if cfg.low_bit or cfg.bits else None,
+        layers=list(layers),
     )
 
 
@@ -49,8 +54,12 @@ def prepare_qat(
     """Export ``model`` and insert fake-quant modules (``prepare_qat_pt2e``), in train mode."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    from vitquant.layers import quantizable_names
+
     if example.shape[0] < 2:  # batch 1 would be specialised
         example = example.repeat(2, 1, 1, 1)
+    layers = quantizable_names(model)
+    cfg.plan.check(name for name, _ in model.named_modules())  # a rule matching nothing fails
     model = copy.deepcopy(model)
     try:
         with edge_friendly_attention(model, cfg.backend):
@@ -61,7 +70,7 @@ def prepare_qat(
             f"{str(exc).splitlines()[0][:300]})."
         ) from exc
     with cached_patterns():
-        prepared = prepare_qat_pt2e(graph, make_qat_quantizer(cfg, ignore))
+        prepared = prepare_qat_pt2e(graph, make_qat_quantizer(cfg, ignore, layers))
     set_graph_mode(prepared, training=True)
     return allow_train_eval(prepared)
 
