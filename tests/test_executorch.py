@@ -99,12 +99,27 @@ def test_unknown_quantizer_is_refused():
         StaticPTQ(backend="arm")
 
 
+@pytest.fixture(scope="module")
+def lowered(tmp_path_factory, digits, digits_models):
+    """name -> (loaded model, static XNNPACK QuantizedModel, its lowered .pte), made once each
+    (lowering the ViT takes most of a minute)."""
+    out = tmp_path_factory.mktemp("pte")
+
+    def make(name: str):
+        if name not in cache:
+            loaded = load_model(name)
+            qm = quantize_static(loaded.model, digits, loaded.spec, StaticPTQ(backend="xnnpack"))
+            cache[name] = (loaded, qm, export_pte(qm.module, qm.example, out / f"{name}.pte"))
+        return cache[name]
+
+    cache: dict = {}
+    return make
+
+
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_vit"])
-def test_pte_reloads_and_matches_the_converted_model(name, digits, tmp_path, digits_models):
-    loaded = load_model(name)
-    qm = quantize_static(loaded.model, digits, loaded.spec, StaticPTQ(backend="xnnpack"))
-    exported = export_pte(qm.module, qm.example, tmp_path / f"{name}.pte")
-    assert exported.path.stat().st_size > 0 and not list(tmp_path.glob("*.tmp*"))
+def test_pte_reloads_and_matches_the_converted_model(name, digits, lowered):
+    loaded, qm, exported = lowered(name)
+    assert exported.path.stat().st_size > 0 and not list(exported.path.parent.glob("*.tmp*"))
     program = PteModel(exported.path, threads=1)  # a fresh load from disk
     assert program.threads == 1 and program.max_batch == exported.max_batch >= 15
     # every batch size runs (bigger batches are split at the planned bound) and agrees
@@ -126,20 +141,18 @@ def test_pte_reloads_and_matches_the_converted_model(name, digits, tmp_path, dig
     assert exported.path.stat().st_size < 0.5 * fp32_bytes
 
 
-def test_lowering_names_the_operators_left_to_portable_kernels(vit, cnn, digits, tmp_path):
+def test_lowering_names_the_operators_left_to_portable_kernels(lowered):
     # the ViT's LayerNorms do not lower to XNNPACK here: one portable op per nn.LayerNorm, and
     # nothing else (attention was traced through its explicit softmax path, not fused SDPA)
-    qm = quantize_static(vit.model, digits, vit.spec, StaticPTQ(backend="xnnpack", calib=64))
+    vit, qm, exported = lowered("digits_vit")
     n_blocks = sum(hasattr(m, "fused_attn") for m in vit.model.modules())
     assert any(f"{n_blocks} attention block(s)" in n for n in qm.notes)
     assert all(m.fused_attn for m in vit.model.modules() if hasattr(m, "fused_attn"))  # restored
-    exported = export_pte(qm.module, qm.example, tmp_path / "vit.pte")
     n_norms = sum(isinstance(m, nn.LayerNorm) for m in vit.model.modules())
     assert exported.portable_ops == {"native_layer_norm": n_norms}
     assert "native_layer_norm x" in exported.note() and exported.delegated > 0
     # the CNN lowers completely
-    qm = quantize_static(cnn.model, digits, cnn.spec, StaticPTQ(backend="xnnpack", calib=64))
-    exported = export_pte(qm.module, qm.example, tmp_path / "cnn.pte")
+    _, _, exported = lowered("digits_cnn")
     assert exported.portable_ops == {}
     assert "every compute operator lowered" in exported.note()
 
