@@ -20,6 +20,9 @@ static-x86-*                inductor   x86 pt2e static int8 lowered by inductor:
 static-ort[-opt]            onnxrt     ORT static QDQ (mirroring the x86 recipe) [of the
                                        optimized float model, every MatMul]
 static-pte                  executorch XNNPACK static int8 ``.pte``
+fp32-openvino               openvino   the float model converted to OpenVINO IR (f32 kernels)
+static-openvino             openvino   NNCF static int8 (transformer recipe: the attention
+                                       matmuls too) run by OpenVINO's CPU plugin
 =========================== ========== =====================================================
 
 Calibration: ``--calib`` CIFAR-10 train images upscaled to 224 px by DeiT-S's own timm eval
@@ -88,7 +91,7 @@ class Path_:
     Attributes:
         name: row name.
         variant: ``fp32``, ``dynamic`` or ``static``.
-        runtime: ``eager``, ``inductor``, ``onnxruntime`` or ``executorch``.
+        runtime: ``eager``, ``inductor``, ``onnxruntime``, ``executorch`` or ``openvino``.
         artifact: file name in the artifacts folder.
         reference: the fp32 path of the same runtime (``speedup_vs_fp32_same_runtime``).
         inductor: inductor config patch (inductor paths only).
@@ -125,6 +128,8 @@ PATHS = {
         Path_("static-ort", "static", "onnxruntime", "static.onnx", "fp32-ort"),
         Path_("static-ort-opt", "static", "onnxruntime", "static-opt.onnx", "fp32-ort-opt"),
         Path_("static-pte", "static", "executorch", "static.pte", "fp32-pte"),
+        Path_("fp32-openvino", "fp32", "openvino", "fp32.xml", "fp32-openvino"),
+        Path_("static-openvino", "static", "openvino", "static.xml", "fp32-openvino"),
     )
 }  # fmt: skip
 
@@ -158,12 +163,14 @@ def make_model(kind: str) -> tuple[torch.nn.Module, object]:
 def build_artifacts(model, spec, bundle, names: list[str], art: Path, calib: int, log) -> dict:
     """Write the artifacts of ``names`` into ``art``; returns ``path name -> details`` (a step
     that fails puts ``error`` in the details of every path that needs it; the others go on)."""
+    from vitquant.layers import quantizable_names
     from vitquant.quant.artifacts import save_state_dict
     from vitquant.quant.backends import get_backend
     from vitquant.quant.configs import StaticPTQ
     from vitquant.quant.dynamic import quantize_dynamic
     from vitquant.quant.executorch_backend import export_pte
     from vitquant.quant.onnx_backend import OnnxFloat, quantize_onnx_dynamic, quantize_onnx_static
+    from vitquant.quant.openvino_backend import quantize_openvino
     from vitquant.quant.pt2e import quantize_static
 
     art.mkdir(parents=True, exist_ok=True)
@@ -264,6 +271,24 @@ def build_artifacts(model, spec, bundle, names: list[str], art: Path, calib: int
             calib_batch=8,
         ),
     )
+    step(
+        ["fp32-openvino"],
+        "fp32 OpenVINO IR",
+        lambda: get_backend("openvino").export_float(model, example, art / "fp32.xml"),
+    )
+    step(
+        ["static-openvino"],
+        f"static int8 (NNCF + OpenVINO, {calib} calibration images)",
+        lambda: quantize_openvino(
+            model,
+            bundle,
+            spec,
+            art / "static.xml",
+            modules=quantizable_names(model),
+            calib=calib,
+            calib_batch=8,
+        ),
+    )
     step(["fp32-pte"], "fp32 .pte (XNNPACK)", fp32_pte)
     step(
         ["dynamic-pte"],
@@ -359,6 +384,8 @@ def load_runner(path: Path_, model_kind: str, art: Path, threads: int) -> Callab
         return get_backend("onnxruntime").load(file, threads=threads)
     if path.runtime == "executorch":
         return get_backend("xnnpack").load(file, threads=threads)
+    if path.runtime == "openvino":
+        return get_backend("openvino").load(file, threads=threads)
     if file.suffix == ".pt2":
         return Compiled(load_pt2e(file), path.inductor or {})
     model, spec = make_model(model_kind)
@@ -454,6 +481,8 @@ def profile_ops(path: Path_, runner, art: Path, x: torch.Tensor, threads: int) -
         return ks.profile_ort(art / path.artifact, x, threads=threads)
     if path.runtime == "executorch":
         return ks.profile_pte(art / path.artifact, x, threads=threads)
+    if path.runtime == "openvino":
+        return ks.profile_openvino(art / path.artifact, x, threads=threads)
     return ks.profile_torch(runner, x)
 
 
@@ -538,6 +567,9 @@ def measure_memory(name: str, model_kind: str, art: Path, shape, threads: int, i
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(request)]
     env = {**os.environ, "VITQUANT_QUIET": "1"}
+    # fork + exec, not vfork: a vfork'd child shares the parent's memory while OpenVINO's
+    # worker threads run in it, and one such run ended in a segfault of the parent
+    subprocess._USE_VFORK = False  # type: ignore[attr-defined]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode != 0 or not lines:

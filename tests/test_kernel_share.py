@@ -36,6 +36,15 @@ from vitquant.quant.kernel_share import OpTime
         ("DynamicQuantizeLinear", "other"),
         ("## Call CompiledFxGraph abc ##", "other"),
         ("aten::matmul_backward", "other"),
+        ("ov:FullyConnected:brgemm_avx512_amx_I8", "int8"),
+        ("ov:FullyConnectedQuantizedLegacy:brgemm_avx512_amx_i8", "int8"),
+        ("ov:Convolution:brgconv_avx512_amx_I8", "int8"),
+        ("ov:Subgraph:jit_avx512_i8", "int8"),  # the int8 attention block
+        ("ov:Subgraph:jit_avx512_f32", "other"),  # an element-wise fusion
+        ("ov:FullyConnected:brgemm_avx512_f32", "float"),
+        ("ov:MatMul:brgemm_avx512_f32", "float"),
+        ("ov:MVN:jit_avx512_f32", "other"),
+        ("ov:FakeQuantize:jit_avx512_f32", "other"),
     ],
 )
 def test_op_class(name, expected):
@@ -168,3 +177,21 @@ def test_real_profile_of_a_float_model_has_no_int8():
     assert share.float_us > 0.0
     assert share.share == 0.0
     assert share.label == "float"
+
+
+def test_real_openvino_profiles_of_an_int8_and_a_float_model(tmp_path):
+    """NNCF's int8 MLP runs its matrix work in int8 kernels; the float IR in float ones."""
+    import nncf
+
+    from vitquant.quant.openvino_backend import convert, save_ir
+
+    torch.set_num_threads(1)
+    x = torch.randn(64, 256)
+    float_ir = convert(_mlp(), x)
+    int8_ir = nncf.quantize(float_ir, nncf.Dataset([x.numpy()]), subset_size=1)
+    shares = {}
+    for name, model in (("fp32", float_ir), ("int8", int8_ir)):
+        path = save_ir(model, tmp_path / f"{name}.xml")
+        shares[name] = ks.kernel_share(ks.profile_openvino(path, x, threads=1, iters=2))
+    assert shares["int8"].share > 0.9 and shares["int8"].label == "int8"
+    assert shares["fp32"].int8_us == 0 and shares["fp32"].float_us > 0

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -21,11 +23,31 @@ from vitquant.registry import get_spec
 TRIALS = 3
 
 
+def _initialised(db: Path) -> bool:
+    """Whether the search has finished creating its SQLite storage (read-only peek).
+
+    Optuna's ``load_study`` initialises a storage it opens; doing that while the search is still
+    creating it races on the schema-version row (a UNIQUE error in the search), so the test
+    only reads once that row exists.
+    """
+    if not db.is_file():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:  # the table is not there yet
+        return False
+
+
 def _wait_for_running_trial(storage: str, proc: subprocess.Popen, timeout: float = 400):
     """Poll the study until one trial is COMPLETE and a later one RUNNING (worker recorded)."""
+    db = Path(storage.removeprefix("sqlite:///"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
+        if not _initialised(db):
+            time.sleep(0.1)
+            continue
         try:
             trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
         except Exception:  # the database or the study does not exist yet

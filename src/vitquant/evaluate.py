@@ -75,8 +75,13 @@ def accuracy(model, bundle: DataBundle, role: str, spec, **kw) -> float:
 
 
 def file_size_mb(path: str | Path) -> float:
-    """Size of a file on disk in MiB."""
-    return Path(path).stat().st_size / 2**20
+    """Size of an artifact on disk in MiB; an OpenVINO ``.xml`` counts with its ``.bin`` (the
+    weights)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        size += path.with_suffix(".bin").stat().st_size
+    return size / 2**20
 
 
 def state_dict_bytes(model: nn.Module) -> int:

@@ -39,10 +39,12 @@ THIRD_PARTY = (
     "scipy",
     "PIL",
     "sqlalchemy",
+    "nncf",
+    "openvino",
 )
 CATEGORIES = (UserWarning, DeprecationWarning, FutureWarning)
 # Loggers to raise to ERROR; the ``torch`` tree is handled through torch._logging.set_logs.
-LOGGERS = ("", "onnxruntime", "onnxscript", "executorch", "torchao", "timm")
+LOGGERS = ("", "onnxruntime", "onnxscript", "executorch", "torchao", "timm", "nncf")
 
 _saved_levels: dict[str, int] = {}
 _added_filters: list[tuple] = []

@@ -19,7 +19,7 @@ from vitquant.errors import VitquantError
 
 # Runtimes a row can run on: its fp32 row of the same runtime is the reference of
 # ``speedup_vs_fp32_same_runtime``. ``pytorch`` covers eager, pt2e emulation and inductor.
-RUNTIMES = ("pytorch", "onnxruntime", "executorch")
+RUNTIMES = ("pytorch", "onnxruntime", "executorch", "openvino")
 
 
 @dataclass

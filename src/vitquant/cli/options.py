@@ -197,6 +197,13 @@ OnnxOpt = Annotated[
         "float model; qat/search: the trained int8 model runs in ORT)."
     ),
 ]
+OpenVinoOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Also quantize each static variant with NNCF and run it in OpenVINO (its CPU "
+        "plugin runs the attention matmuls in int8 too: the fastest DeiT path measured)."
+    ),
+]
 LowerOpt = Annotated[
     bool,
     typer.Option(

@@ -12,7 +12,11 @@ time, calls):
   events ``<node>_kernel_time`` grouped by their ``op_name``;
 - ExecuTorch: the ETDump of the run read by ``executorch.devtools.Inspector``
   (``from_etdump_events``), whose XNNPACK delegate events name the kernel and its data types
-  (``Fully Connected (NC, QDU8, F32, QC8W) GEMM``).
+  (``Fully Connected (NC, QDU8, F32, QC8W) GEMM``);
+- OpenVINO: the CPU plugin's per-node profiling (``from_openvino_profile``), named
+  ``ov:<node type>:<exec type>`` (``ov:FullyConnected:brgemm_avx512_amx_I8``); the exec type
+  ends in the precision the kernel ran in. A fused ``Subgraph`` is counted as matrix work only
+  when it runs in int8 (the attention block), since float subgraphs are element-wise fusions.
 
 ``op_class`` then sorts an operator into ``int8`` (an integer GEMM/conv kernel), ``float`` (a
 float GEMM/conv/batched matmul, attention included) or ``other`` (LayerNorm, softmax, GELU,
@@ -101,8 +105,20 @@ class KernelShare:
         return asdict(self)
 
 
+_OV_MATRIX = re.compile(
+    r"^ov:(FullyConnected\w*|MatMul|Convolution|GroupConvolution|ScaledDotProductAttention):"
+)
+_OV_INT8 = re.compile(r"_(i8|u8)$", re.IGNORECASE)
+
+
 def op_class(name: str) -> str:
     """``int8``, ``float`` or ``other`` for an operator name from any supported runtime."""
+    if name.startswith("ov:"):
+        if name.startswith("ov:Subgraph:"):
+            return "int8" if _OV_INT8.search(name) else "other"
+        if _OV_MATRIX.search(name):
+            return "int8" if _OV_INT8.search(name) else "float"
+        return "other"
     if _XNN_MATRIX.search(name):
         return "int8" if _XNN_INT8.search(name) else "float"
     if any(re.search(p, name) for p in _INT8_PATTERNS):
@@ -210,6 +226,16 @@ def from_etdump_events(events: Iterable[tuple[str, float, int]]) -> list[OpTime]
     )
 
 
+def from_openvino_profile(items: Iterable[tuple[str, str, float]]) -> list[OpTime]:
+    """OpenVINO ``(node type, exec type, seconds)`` per node as ``OpTime`` named
+    ``ov:<node type>:<exec type>`` (nodes that did not run, ``undef``, dropped)."""
+    return merge(
+        OpTime(f"ov:{node}:{exec_type}", seconds * 1e6)
+        for node, exec_type, seconds in items
+        if exec_type and exec_type != "undef" and seconds > 0
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Profiling runs (one per runtime): a runner and an input in, OpTime list out
 
@@ -285,3 +311,17 @@ def profile_pte(path: str | Path, x: torch.Tensor, *, threads: int | None, iters
             raw = raw[len(raw) // (iters + 1) :] if len(raw) > iters else raw
             events.append((ev.name, float(sum(raw)), len(raw)))
     return from_etdump_events(events)
+
+
+def profile_openvino(path: str | Path, x: torch.Tensor, *, threads: int | None, iters: int = 1):
+    """Self time per node kind of ``iters`` runs of an OpenVINO IR, compiled with ``PERF_COUNT``
+    (same options as ``OvModel``), after one warm-up run."""
+    from vitquant.quant.openvino_backend import OvModel
+
+    model = OvModel(path, threads=threads, profile=True)
+    model(x)
+    ops: list[OpTime] = []
+    for _ in range(iters):
+        model(x)
+        ops.extend(from_openvino_profile(model.profile()))
+    return merge(ops)

@@ -68,6 +68,7 @@ class QuantizeJob:
         top_k: k values of the outlier sweep (empty: no sweep).
         variants: which of ``VARIANTS`` to produce.
         onnx: also export and quantize with ONNX Runtime.
+        openvino: also quantize each static variant with NNCF and run it in OpenVINO.
         export: ``pte``: also lower each static variant to an ExecuTorch XNNPACK program and
             measure it (needs ``static.backend == "xnnpack"``); ``none``: no extra artifact.
         lower: let the backend lower pt2e graphs (x86: inductor), which are then measured and
@@ -86,6 +87,7 @@ class QuantizeJob:
     top_k: tuple[int, ...] = ()
     variants: tuple[str, ...] = VARIANTS
     onnx: bool = True
+    openvino: bool = False
     export: str = "none"
     lower: bool = True
     latency_batches: tuple[int, ...] = (1, 32)
@@ -214,6 +216,7 @@ def run_variants(
         lower=job.lower,
         export=job.export,
         onnx=job.onnx,
+        openvino=job.openvino,
         notes=notes,
     )
     rows.fp32(model)

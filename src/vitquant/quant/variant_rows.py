@@ -8,7 +8,9 @@
   timed; else the eager emulation, ``simulated``);
 - the deployment row of ``--export`` (``Backend.export`` then ``Backend.load``: the XNNPACK
   ``.pte`` in ExecuTorch's runtime);
-- the ONNX Runtime twin (``--onnx``): the fp32 ONNX export quantized with the same recipe.
+- the ONNX Runtime twin (``--onnx``): the fp32 ONNX export quantized with the same recipe;
+- the OpenVINO twin (``--openvino``, static variants): the float model quantized by NNCF on the
+  same calibration images and ignore list, run by OpenVINO's CPU plugin.
 
 Deployed rows name the PyTorch row they were made from (``Candidate.twin``), so the measurer
 records ``agreement_pt2e``, their top-1 agreement with it.
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitquant.errors import VitquantError
 from vitquant.layers import quantizable_names
 from vitquant.measure import Candidate, Measurer
 from vitquant.quant.artifacts import save_state_dict
@@ -40,6 +43,7 @@ class VariantRows:
         lower: let the backend compile graphs to int8 kernels (``Backend.lower``).
         export: ``--export`` value (``none``, or one of ``backend.exports``).
         onnx: add ONNX Runtime twins.
+        openvino: add OpenVINO twins of the static variants (and its fp32 row).
         notes: remarks of the run (lowering reports and failures are appended).
     """
 
@@ -51,8 +55,14 @@ class VariantRows:
     lower: bool = True
     export: str = "none"
     onnx: bool = True
+    openvino: bool = False
     notes: list[str] = field(default_factory=list)
     source: object = None  # the fp32 ONNX export (``OnnxFloat``), once made
+    float_model: nn.Module | None = None  # what the OpenVINO twins are quantized from
+
+    @property
+    def ov(self) -> Backend:
+        return get_backend("openvino")
 
     @property
     def ort(self) -> Backend:
@@ -62,12 +72,25 @@ class VariantRows:
         """The float model (``fp32.pt``) and, with ``onnx``, its ONNX export in ONNX Runtime."""
         names = quantizable_names(model)
         path = save_state_dict(model, self.artifacts / "fp32.pt")
+        self.float_model = model
         self.measurer.measure(
             Candidate("fp32", "pytorch", model.eval(), artifact=path, float_layers=names)
         )
+        example = next(self.bundle.batches("calib", self.spec, batch_size=4))[0]
+        if self.openvino:
+            xml = self.ov.export_float(model, example, self.artifacts / "fp32.xml")
+            self.measurer.measure(
+                Candidate(
+                    "fp32",
+                    self.ov.label,
+                    self.ov.load(xml, threads=self.measurer.threads),
+                    runtime=self.ov.runtime,
+                    artifact=xml,
+                    float_layers=names,
+                )
+            )
         if not self.onnx:
             return
-        example = next(self.bundle.batches("calib", self.spec, batch_size=4))[0]
         self.source = self.ort.export_float(model, example, self.artifacts / "fp32.onnx")
         runner = self.ort.load(self.source.path, threads=self.measurer.threads)
         self.measurer.measure(
@@ -131,6 +154,19 @@ class VariantRows:
                 bundle=self.bundle,
                 spec=self.spec,
             )
+        if self.openvino and not dynamic and self.float_model is not None:
+            try:
+                self.deployed(
+                    self.ov,
+                    qm,
+                    variant,
+                    twin=(variant, label),
+                    model=self.float_model,
+                    bundle=self.bundle,
+                    spec=self.spec,
+                )
+            except VitquantError as exc:  # e.g. layers OpenVINO renamed: a note, not a row
+                self.notes.append(f"{variant}: no OpenVINO twin: {exc}")
 
     def deployed(self, backend: Backend, qm, variant: str, *, twin, **context) -> None:
         """Export ``qm`` with ``backend``, load the artifact back and measure that."""

@@ -2,7 +2,8 @@
 
 ``get_backend("x86")`` -> torchao's ``X86InductorQuantizer`` lowered by inductor (``.pt2``);
 ``"xnnpack"`` -> ExecuTorch's ``XNNPACKQuantizer`` deployed as an XNNPACK ``.pte``;
-``"onnxruntime"`` -> ONNX Runtime's QDQ static / dynamic int8 of the fp32 ONNX export.
+``"onnxruntime"`` -> ONNX Runtime's QDQ static / dynamic int8 of the fp32 ONNX export;
+``"openvino"`` -> NNCF's static int8 of the float model, run by OpenVINO's CPU plugin (``.xml``).
 
 A new backend is one file with a ``Backend`` subclass and one ``register(...)`` line below.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from vitquant.errors import VitquantError
 from vitquant.quant.backends.base import Backend, Exported, Lowered
 from vitquant.quant.backends.onnxruntime import OnnxRuntimeBackend
+from vitquant.quant.backends.openvino import OpenVinoBackend
 from vitquant.quant.backends.x86 import X86Backend
 from vitquant.quant.backends.xnnpack import XnnpackBackend
 
@@ -29,6 +31,7 @@ def register(backend: Backend) -> Backend:
 register(X86Backend())
 register(XnnpackBackend())
 register(OnnxRuntimeBackend())
+register(OpenVinoBackend())
 
 
 def get_backend(name: str) -> Backend:
