@@ -567,9 +567,6 @@ def measure_memory(name: str, model_kind: str, art: Path, shape, threads: int, i
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(request)]
     env = {**os.environ, "VITQUANT_QUIET": "1"}
-    # fork + exec, not vfork: a vfork'd child shares the parent's memory while OpenVINO's
-    # worker threads run in it, and one such run ended in a segfault of the parent
-    subprocess._USE_VFORK = False  # type: ignore[attr-defined]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -591,14 +588,17 @@ class Run:
     details: dict[str, dict] = field(default_factory=dict)
 
 
-def load_all(kind: str, names, args, bundle_spec, batches: list[int], log) -> Run:
-    """Build every path of ``kind`` and load, warm up (compile) each at every batch."""
+def load_all(kind: str, names, args, bundle_spec, batches: list[int], log, *, built=None) -> Run:
+    """Build every path of ``kind`` and load, warm up (compile) each at every batch;
+    ``built(run)`` is called between the two, before any runner is loaded."""
     from vitquant.data import load_data
 
     model, spec = make_model(kind)
     bundle = bundle_spec or load_data("cifar10", val=0, calib=args.calib, limit=max(batches))
     art = args.out.with_suffix("") / kind
     run = Run(kind, art, details=build_artifacts(model, spec, bundle, names, art, args.calib, log))
+    if built is not None:
+        built(run)
     for name in names:
         if "error" in run.details[name]:
             log(f"  {name}: {run.details[name]['error']}")
@@ -630,6 +630,38 @@ def logits_sqnr(run: Run, x: torch.Tensor) -> dict[str, float | None]:
             db = sqnr_db(ref, fn(x).float().numpy())
             out[name] = db if math.isfinite(db) else None  # identical logits: no noise
     return out
+
+
+def cifar_agreement_child(names: list[str], args, log) -> dict[str, dict]:
+    """``cifar_agreement`` in a fresh interpreter (this script with ``--cifar-child``).
+
+    Why: a process that has run OpenVINO and inductor graphs side by side has ended in a
+    segfault when it later compiled another inductor graph or forked; a child started before
+    this process loads anything keeps the step, and the run, safe.
+    """
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--cifar-child",
+        "--paths",
+        *names,
+        "--cifar-images",
+        str(args.cifar_images),
+        "--calib",
+        str(args.calib),
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(args.out),
+    ]
+    env = {**os.environ, "VITQUANT_QUIET": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=7200)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:300]
+        log(f"cifar_vit agreement failed: {error}")
+        return {name: {"error": error} for name in names}
+    return json.loads(lines[-1])
 
 
 def cifar_agreement(names: list[str], args, log) -> dict[str, dict]:
@@ -836,16 +868,37 @@ def method(args) -> dict:
 
 
 def benchmark(args, log, save: Callable[[dict], None]) -> dict:
-    """The whole run; returns the JSON document (``save`` gets it once timed, before the peak
-    memory and cifar_vit steps, so a long run leaves its timings on disk)."""
+    """The whole run; returns the JSON document. The child-process steps (cifar_vit agreement,
+    peak memory) run after the artifacts are built and before this process loads any runner."""
     start = time.perf_counter()
     kind = "quick" if args.quick else "deit_s"
     names = ["fp32-eager", *[n for n in args.paths if n != "fp32-eager"]]
     batches = sorted(set(args.batches))
-    run = load_all(kind, names, args, None, batches, log)
     _, spec = make_model(kind)
+    memory: dict[str, dict] = {}
+    agree: dict[str, dict] = {}
+
+    def children(run: Run) -> None:
+        """The child-process steps, before this process loads any runner (a run that started
+        them after loading OpenVINO and inductor graphs side by side ended in a segfault of
+        this process): cifar_vit agreement, then each path's peak RSS."""
+        built = [n for n in names if "error" not in run.details[n]]
+        if args.cifar_images:
+            log(f"cifar_vit agreement of {len(built)} paths (child process)")
+            agree.update(cifar_agreement_child(built, args, log))
+        if args.memory != "subprocess":
+            return
+        for name in names:
+            if "error" in run.details[name]:
+                continue
+            if args.memory_paths is None or name in args.memory_paths:
+                log(f"peak memory of {name} (child process)")
+                shape = (max(batches), *spec.input_size)
+                memory[name] = measure_memory(name, kind, run.art, shape, args.threads, args.iters)
+
+    run = load_all(kind, names, args, None, batches, log, built=children)
     from vitquant.data import load_data
-    from vitquant.evaluate import example_batch
+    from vitquant.evaluate import example_batch, file_size_mb
     from vitquant.quant import kernel_share as ks
 
     bundle = load_data("cifar10", val=0, calib=args.calib, limit=max(batches))
@@ -864,7 +917,11 @@ def benchmark(args, log, save: Callable[[dict], None]) -> dict:
         row.pop("name")
         row["details"] = {k: v for k, v in run.details[name].items() if k != "error"}
         artifact = run.art / path.artifact
-        row["size_mb"] = artifact.stat().st_size / 2**20 if artifact.is_file() else None
+        row["size_mb"] = file_size_mb(artifact) if artifact.is_file() else None  # + IR's .bin
+        if name in memory:
+            row["memory"] = memory[name]
+        if args.cifar_images:
+            row["cifar"] = agree.get(name)
         if name in run.runners:
             row["sqnr_db"] = sqnr[name]
             ref = same_runtime_reference(path, list(run.runners))
@@ -911,24 +968,12 @@ def benchmark(args, log, save: Callable[[dict], None]) -> dict:
         "rows": rows,
         "verdict": verdict,
         "top_ops": top,
-        "status": "timed; peak memory and cifar_vit agreement pending",
+        "status": "timed",
         "seconds": time.perf_counter() - start,
     }
-    loaded = list(run.runners)
-    save(doc)  # the timings are safe on disk before the long memory and cifar_vit steps
+    save(doc)  # on disk before the runners are freed
     run.runners.clear()
     torch._dynamo.reset()
-    if args.memory == "subprocess":
-        for name in [n for n in loaded if args.memory_paths is None or n in args.memory_paths]:
-            log(f"peak memory of {name} (child process)")
-            shape = (max(batches), *spec.input_size)
-            mem = measure_memory(name, kind, run.art, shape, args.threads, args.iters)
-            next(r for r in rows if r["path"] == name)["memory"] = mem
-    if args.cifar_images:
-        agree = cifar_agreement(loaded, args, log)
-        for row in rows:
-            row["cifar"] = agree.get(row["path"])
-        torch._dynamo.reset()
     doc["status"] = "complete"
     doc["seconds"] = time.perf_counter() - start
     return doc
@@ -952,12 +997,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny ViT, 2 rounds, 2 iterations")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/deit_s_cpu.json"))
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--cifar-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         from vitquant.quiet import apply
 
         apply(verbose=False)
         print(json.dumps(memory_child(json.loads(args.memory_child))))
+        return 0
+    if args.cifar_child:
+        from vitquant.quiet import apply
+
+        apply(verbose=False)
+        torch.set_num_threads(args.threads)
+        names = ["fp32-eager", *[n for n in args.paths if n != "fp32-eager"]]
+        print(json.dumps(cifar_agreement(names, args, lambda line: None)))
         return 0
     if args.quick:
         args.repeats, args.iters = min(args.repeats, 2), min(args.iters, 2)

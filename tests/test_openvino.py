@@ -15,6 +15,7 @@ from vitquant.errors import VitquantError
 from vitquant.evaluate import accuracy
 from vitquant.layers import quantizable_names
 from vitquant.registry import load_model
+from vitquant.results import validate_rows
 
 LIMITS = ("--limit", "120", "--val", "60", "--calib", "64", "--threads", "1")
 
@@ -23,15 +24,26 @@ LIMITS = ("--limit", "120", "--val", "60", "--calib", "64", "--threads", "1")
 def quantized(tmp_path_factory, digits_models):
     out = tmp_path_factory.mktemp("ov") / "run"
     proc = run(
-        "quantize", "digits_vit", "--method", "static", "--ignore", "head", "--openvino",
-        "--no-onnx", "--no-lower", *LIMITS, "--out", str(out),
-    )  # fmt: skip
+        "quantize",
+        "digits_vit",
+        "--method",
+        "static",
+        "--ignore",
+        "head",
+        "--openvino",
+        "--no-onnx",
+        "--no-lower",
+        *LIMITS,
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "quantize.json").read_text())
 
 
 def test_openvino_twins_of_the_static_variants(quantized):
     _, doc = quantized
+    validate_rows(doc["results"])  # the runtime and extra keys are in the results schema
     rows = {(r["variant"], r["backend"]): r for r in doc["results"]}
     assert set(rows) == {
         ("fp32", "pytorch"),
@@ -100,3 +112,39 @@ def test_a_missing_ir_is_a_clear_error(tmp_path):
 
     with pytest.raises(VitquantError, match="not found"):
         OvModel(tmp_path / "missing.xml")
+
+
+def test_pipeline_offers_the_openvino_twins_to_the_final_choice(tmp_path, digits_models):
+    out = tmp_path / "pipe"
+    proc = run(
+        "pipeline",
+        "digits_vit",
+        "--openvino",
+        "--max-drop",
+        "100",
+        "--no-qat",
+        "--no-lower",
+        "--stats-images",
+        "64",
+        *LIMITS,
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "pipeline.json").read_text())
+    rows = {(r["variant"], r["backend"]): r for r in doc["results"]}
+    pt2e = [v for v, b in rows if b == "pt2e-x86"]
+    static = [v for v in pt2e if v.startswith("static")]
+    # one OpenVINO twin per static variant (not the dynamic one), after the fp32 IR
+    assert ("fp32", "openvino") in rows
+    assert sorted(v for v, b in rows if b == "openvino" and v != "fp32") == sorted(static)
+    steps = {d["step"]: d for d in doc["decisions"]}
+    for variant in static:
+        decision = steps[f"{variant} openvino"]
+        assert decision["status"] == "ok" and "NNCF (transformer recipe)" in decision["decision"]
+        row = rows[(variant, "openvino")]
+        assert row["extra"]["twin"] == [variant, "pt2e-x86"] and row["val_accuracy"] is not None
+    # timed, real int8 kernels: a candidate the final rule may pick (the emulated pt2e rows,
+    # --no-lower, cannot win on speed)
+    assert all(not rows[(v, "openvino")]["simulated"] for v in static)
+    assert (doc["final"]["variant"], doc["final"]["backend"]) in rows

@@ -119,9 +119,23 @@ def test_qat_command_trains_at_low_bits_and_reports_a_simulated_row(tmp_path, di
 
     out = tmp_path / "qat"
     proc = run(
-        "qat", "digits_cnn", "--wbits", "3", "--abits", "4", "--bits", "fc=8/8",
-        "--epochs", "1", "--train-limit", "256", "--threads", "1", "--out", str(out),
-    )  # fmt: skip
+        "qat",
+        "digits_cnn",
+        "--wbits",
+        "3",
+        "--abits",
+        "4",
+        "--bits",
+        "fc=8/8",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "qat.json").read_text())
     assert doc["config"]["wbits"] == 3 and doc["config"]["bits"] == ["fc=8/8"]
@@ -142,9 +156,17 @@ def test_qat_command_trains_at_low_bits_and_reports_a_simulated_row(tmp_path, di
 def test_qat_refuses_pte_export_at_low_bits_before_any_work(tmp_path):
     out = tmp_path / "out"
     proc = run(
-        "qat", "digits_cnn", "--quantizer", "xnnpack", "--export", "pte", "--wbits", "4",
-        "--out", str(out),
-    )  # fmt: skip
+        "qat",
+        "digits_cnn",
+        "--quantizer",
+        "xnnpack",
+        "--export",
+        "pte",
+        "--wbits",
+        "4",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 2 and "simulated" in " ".join(proc.stderr.split())
     assert not out.exists()
 
@@ -152,11 +174,34 @@ def test_qat_refuses_pte_export_at_low_bits_before_any_work(tmp_path):
 def test_pipeline_runs_qat_at_the_low_bit_target(tmp_path, digits_models):
     out = tmp_path / "pipe"
     proc = run(
-        "pipeline", "digits_cnn", "--wbits", "3", "--abits", "4", "--max-drop", "100",
-        "--force-qat", "--trials", "1", "--qat-epochs", "1", "--qat-train-limit", "128",
-        "--calib", "64", "--val", "100", "--limit", "100", "--stats-images", "64",
-        "--threads", "1", "--out", str(out),
-    )  # fmt: skip
+        "pipeline",
+        "digits_cnn",
+        "--wbits",
+        "3",
+        "--abits",
+        "4",
+        "--max-drop",
+        "100",
+        "--force-qat",
+        "--trials",
+        "1",
+        "--qat-epochs",
+        "1",
+        "--qat-train-limit",
+        "128",
+        "--calib",
+        "64",
+        "--val",
+        "100",
+        "--limit",
+        "100",
+        "--stats-images",
+        "64",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "pipeline.json").read_text())
     qat = next(d for d in doc["decisions"] if d["step"] == "qat")

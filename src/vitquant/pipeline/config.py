@@ -20,6 +20,9 @@ class PipelineConfig:
         export: ``pte``: every pt2e variant is also lowered to an ExecuTorch XNNPACK program,
             measured (val and test) and offered to the final choice as its own candidate
             (backend ``executorch-xnnpack``); needs ``backend == "xnnpack"``.
+        openvino: every static int8 variant also gets its OpenVINO twin (NNCF static int8 of
+            the float model with the same ignore list, run by OpenVINO's CPU plugin), measured
+            and offered to the final choice (backend ``openvino``).
         trials: Optuna trials of the QAT search when post-training misses the budget.
         qat_epochs: epochs per QAT trial.
         qat_train_limit: training images per QAT epoch (None: all fit images).
@@ -52,6 +55,7 @@ class PipelineConfig:
     observer: str | None = None
     backend: str = "x86"
     export: str = "none"
+    openvino: bool = False
     trials: int = 4
     qat_epochs: int = 2
     qat_train_limit: int | None = None

@@ -46,6 +46,7 @@ class Context:
         static_model: the all-int8 static model (static step), step 0 of the ignore search.
         choice: the final choice (final step).
         pending_pte: variant -> (pt2e candidate, ``QuantizedModel``) awaiting its ``.pte`` twin.
+        pending_ov: variant -> (pt2e candidate, ``QuantizedModel``) awaiting its OpenVINO twin.
     """
 
     model: nn.Module
@@ -62,6 +63,7 @@ class Context:
     static_model: QuantizedModel | None = None
     choice: Choice | None = None
     pending_pte: dict[str, tuple] = field(default_factory=dict)
+    pending_ov: dict[str, tuple] = field(default_factory=dict)
     stats: list | None = None  # the analysis step's PointStats
     lowbit_best: ResultRow | None = None  # low-bit target: the best row so far (val)
     lowbit_recipe: tuple[str, ...] = ()  # low-bit target: the ViT-aware methods chosen
@@ -195,7 +197,55 @@ class Context:
                 torch._dynamo.reset()  # free the compiled graphs before the next variant
         if graph and self.cfg.export in backend.exports:
             self.pending_pte[variant] = (cand, qm)
+        if graph and self.cfg.openvino:
+            from vitquant.quant.configs import StaticPTQ
+
+            if isinstance(qm.config, StaticPTQ):  # NNCF's PTQ mirrors static variants only
+                self.pending_ov[variant] = (cand, qm)
         return row
+
+    def measure_openvino(self, variant: str):
+        """The OpenVINO twin of the pending static ``variant`` (``OpenVinoBackend.export``: NNCF
+        on the float model, ``qm``'s calibration and ignore list), measured in OpenVINO; the
+        fp32 IR is measured first, once (its runtime's fp32 reference). Returns
+        ``(row, Exported)``."""
+        from vitquant.layers import quantizable_names
+        from vitquant.quant.backends import get_backend
+
+        cand, qm = self.pending_ov.pop(variant)
+        ov = get_backend("openvino")
+        if self.measurer.find("fp32", ov.label) is None:
+            xml = ov.export_float(self.model, self.example(), self.artifacts / "fp32.xml")
+            self.measurer.measure(
+                Candidate(
+                    "fp32",
+                    ov.label,
+                    ov.load(xml, threads=self.measurer.threads),
+                    runtime=ov.runtime,
+                    artifact=xml,
+                    float_layers=quantizable_names(self.model),
+                )
+            )
+        exported = ov.export(
+            qm,
+            self.artifacts / f"{variant}{ov.suffix}",
+            model=self.model,
+            bundle=self.bundle,
+            spec=self.spec,
+        )
+        twin = Candidate(
+            variant=variant,
+            backend=ov.label,
+            runner=ov.load(exported.path, threads=self.measurer.threads),
+            runtime=ov.runtime,
+            artifact=exported.path,
+            int8_layers=exported.int8_layers,
+            float_layers=exported.float_layers,
+            ignored=exported.ignored,
+            twin=(variant, cand.backend),
+            extra=dict(exported.extra),
+        )
+        return self.measurer.measure(twin), exported
 
     def measure_pte(self, variant: str):
         """Export the pending pt2e graph of ``variant`` with the backend (``Backend.export``:

@@ -141,6 +141,10 @@ def run_pipeline(
         run.results.append(_timed(step.__name__.replace("_", "-"), lambda s=step: s(ctx), log))
         for variant in list(ctx.pending_pte):
             run.results.append(_timed(f"{variant} .pte", lambda v=variant: steps.pte(ctx, v), log))
+        for variant in list(ctx.pending_ov):
+            run.results.append(
+                _timed(f"{variant} openvino", lambda v=variant: steps.openvino(ctx, v), log)
+            )
     run.rows, run.choice = measurer.rows, ctx.choice
     return run
 

@@ -295,6 +295,25 @@ def pte(ctx: Context, variant: str) -> StepResult:
     )
 
 
+def openvino(ctx: Context, variant: str) -> StepResult:
+    """The OpenVINO twin of a static variant: a candidate of the final choice (a model whose
+    layers OpenVINO renames gets a skip saying so)."""
+    from vitquant.errors import VitquantError
+
+    try:
+        row, exported = ctx.measure_openvino(variant)
+    except VitquantError as exc:
+        return StepResult(Decision(f"{variant} openvino", "skipped", str(exc), "skip"))
+    model_type = exported.extra.get("config", {}).get("nncf_model_type") or "default"
+    return _variant(
+        ctx,
+        f"{variant} openvino",
+        row,
+        f"quantized by NNCF ({model_type} recipe) and run by OpenVINO",
+        f"{len(exported.int8_layers)} int8 layer(s), {len(exported.float_layers)} float",
+    )
+
+
 def final(ctx: Context) -> StepResult:
     """Fill drops and speedups, then apply the final rule (``choose.choose_final``)."""
     rows = ctx.measurer.finalize()

@@ -191,8 +191,8 @@ def quantize_openvino(
             "under a new name), so an ignore list could not be honoured nor the int8 layers "
             "read back; no OpenVINO twin for this model."
         )
-    has_attention = any(op.get_type_name() in ("Softmax", "ScaledDotProductAttention")
-                        for op in float_model.get_ops())  # fmt: skip
+    attention_ops = ("Softmax", "ScaledDotProductAttention")
+    has_attention = any(op.get_type_name() in attention_ops for op in float_model.get_ops())
     model_type = nncf.ModelType.TRANSFORMER if has_attention else None
     scope = nncf.IgnoredScope(patterns=[module_pattern(n) for n in ignore], validate=False)
     with _hushed():
