@@ -233,19 +233,24 @@ class Context:
             bundle=self.bundle,
             spec=self.spec,
         )
+        return self._measure_twin(ov, exported, variant, cand.backend, exported.extra), exported
+
+    def _measure_twin(self, backend, exported, variant: str, source: str, extra: dict):
+        """Load ``backend``'s artifact ``exported`` back and measure it as the twin of the
+        ``(variant, source)`` row (``agreement_pt2e`` against it)."""
         twin = Candidate(
             variant=variant,
-            backend=ov.label,
-            runner=ov.load(exported.path, threads=self.measurer.threads),
-            runtime=ov.runtime,
+            backend=backend.label,
+            runner=backend.load(exported.path, threads=self.measurer.threads),
+            runtime=backend.runtime,
             artifact=exported.path,
             int8_layers=exported.int8_layers,
             float_layers=exported.float_layers,
             ignored=exported.ignored,
-            twin=(variant, cand.backend),
-            extra=dict(exported.extra),
+            twin=(variant, source),
+            extra=dict(extra),
         )
-        return self.measurer.measure(twin), exported
+        return self.measurer.measure(twin)
 
     def measure_pte(self, variant: str):
         """Export the pending pt2e graph of ``variant`` with the backend (``Backend.export``:
@@ -265,19 +270,7 @@ class Context:
         extra = dict(exported.extra)
         if exported.note:
             extra["lowering_note"] = exported.note
-        twin = Candidate(
-            variant=variant,
-            backend=backend.label,
-            runner=backend.load(exported.path, threads=self.measurer.threads),
-            runtime=backend.runtime,
-            artifact=exported.path,
-            int8_layers=exported.int8_layers,
-            float_layers=exported.float_layers,
-            ignored=exported.ignored,
-            twin=(variant, cand.backend),
-            extra=extra,
-        )
-        return self.measurer.measure(twin), exported
+        return self._measure_twin(backend, exported, variant, cand.backend, extra), exported
 
     def search_val_accuracy(self, qm: QuantizedModel) -> float:
         """Val accuracy of one ignore-list search step: on the lowered model when the backend

@@ -152,23 +152,10 @@ def qat_unsupported(lowbit) -> str:
 
 def measure_qat(ctx: Context, converted, int8: list[str], floats: list[str], details: dict):
     """The QAT row of a low-bit target: its converted graph's eager emulation (simulated)."""
-    from vitquant.measure import Candidate
     from vitquant.quant.artifacts import save_pt2e
-    from vitquant.quant.lowbit.study import BACKEND
+    from vitquant.quant.lowbit.study import measure_simulated
 
-    example = ctx.example()
-    path = save_pt2e(converted, example, ctx.artifacts / f"{_label(ctx)}-qat.pt2")
-    return ctx.measurer.measure(
-        Candidate(
-            "qat",
-            BACKEND,
-            converted,
-            artifact=path,
-            int8_layers=int8,
-            float_layers=floats,
-            ignored=[],
-            simulated=True,
-            timed=False,
-            extra=details,
-        )
+    path = save_pt2e(converted, ctx.example(), ctx.artifacts / f"{_label(ctx)}-qat.pt2")
+    return measure_simulated(
+        ctx.measurer, "qat", converted, path, int8_layers=int8, float_layers=floats, extra=details
     )

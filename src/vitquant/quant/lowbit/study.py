@@ -211,6 +211,36 @@ def _study(model, bundle, spec, job, measurer, artifacts, base, log) -> LowBitRe
     return result
 
 
+def measure_simulated(
+    measurer: Measurer,
+    variant: str,
+    module,
+    path: Path,
+    *,
+    int8_layers: list[str],
+    float_layers: list[str],
+    ignored: list[str] = (),
+    extra: dict | None = None,
+) -> ResultRow:
+    """One low-bit row: the converted graph ``module`` (saved at ``path``) measured as its eager
+    emulation - backend ``pt2e-lowbit``, ``simulated``, not timed. The PTQ study, the QAT
+    command and the pipeline's low-bit QAT step all report through it."""
+    return measurer.measure(
+        Candidate(
+            variant,
+            BACKEND,
+            module,
+            artifact=path,
+            int8_layers=int8_layers,
+            float_layers=float_layers,
+            ignored=list(ignored),
+            simulated=True,
+            timed=False,
+            extra=dict(extra or {}),
+        )
+    )
+
+
 def measure_applied(
     measurer: Measurer, applied: Applied, variant: str, artifacts: Path
 ) -> ResultRow:
@@ -219,25 +249,21 @@ def measure_applied(
 
     qm = applied.qm
     path = save_pt2e(qm.module, qm.example, Path(artifacts) / f"{variant}.pt2")
-    return measurer.measure(
-        Candidate(
-            variant,
-            BACKEND,
-            qm.module,
-            artifact=path,
-            int8_layers=qm.int8_layers,
-            float_layers=qm.float_layers,
-            ignored=qm.ignored,
-            simulated=True,
-            timed=False,
-            extra={
-                "config": qm.config.to_dict(),
-                "methods": list(applied.methods),
-                "method_seconds": {k: round(v, 3) for k, v in applied.seconds.items()},
-                "int8": list(qm.int8_layers),
-                "float": list(qm.float_layers),
-            },
-        )
+    return measure_simulated(
+        measurer,
+        variant,
+        qm.module,
+        path,
+        int8_layers=qm.int8_layers,
+        float_layers=qm.float_layers,
+        ignored=qm.ignored,
+        extra={
+            "config": qm.config.to_dict(),
+            "methods": list(applied.methods),
+            "method_seconds": {k: round(v, 3) for k, v in applied.seconds.items()},
+            "int8": list(qm.int8_layers),
+            "float": list(qm.float_layers),
+        },
     )
 
 

@@ -209,27 +209,22 @@ def _report(measurer, qrow, qm, artifacts: dict, notes: list[str], log) -> dict:
 
 def _report_low_bit(measurer, qm, result: QATResult, pt2: Path, bits: str, log=print) -> dict:
     """The low-bit QAT row: the converted graph's eager emulation, simulated and untimed."""
-    from vitquant.measure import Candidate
-    from vitquant.quant.lowbit.study import BACKEND
+    from vitquant.quant.lowbit.study import measure_simulated
 
-    qrow = measurer.measure(
-        Candidate(
-            "qat",
-            BACKEND,
-            qm.module,
-            artifact=pt2,
-            int8_layers=qm.int8_layers,
-            float_layers=qm.float_layers,
-            ignored=qm.ignored,
-            simulated=True,
-            timed=False,
-            extra={
-                "best_epoch": result.best_epoch,
-                "best_val_acc": result.best_val,
-                "config": {"bits": bits},
-                "timed": "not timed: no CPU runtime has these bit widths (simulated)",
-            },
-        )
+    qrow = measure_simulated(
+        measurer,
+        "qat",
+        qm.module,
+        pt2,
+        int8_layers=qm.int8_layers,
+        float_layers=qm.float_layers,
+        ignored=qm.ignored,
+        extra={
+            "best_epoch": result.best_epoch,
+            "best_val_acc": result.best_val,
+            "config": {"bits": bits},
+            "timed": "not timed: no CPU runtime has these bit widths (simulated)",
+        },
     )
     notes = [f"{bits}: the QAT model is simulated (quantize/dequantize around float kernels)"]
     artifacts = {"pt2": str(pt2), "onnx": None, "pte": None}
