@@ -22,7 +22,9 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	VITQUANT_QUIET=1 $(BIN)/pytest -q -n 2 --dist loadfile --durations=25
+	# --max-worker-restart=0: a crashed worker ends the run at once, naming its test (xdist's
+	# loadfile scheduler can wait forever for a replacement worker's work).
+	VITQUANT_QUIET=1 $(BIN)/pytest -q -n 2 --dist loadfile --max-worker-restart=0 --durations=25
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

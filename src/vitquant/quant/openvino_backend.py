@@ -16,6 +16,7 @@ the quantized model, not assumed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -48,7 +49,27 @@ def require_openvino():
         ) from exc
     if is_quiet():
         nncf.set_log_level(logging.ERROR)
+    core()  # before NNCF makes its own: see ``core``
     return openvino, nncf
+
+
+@functools.cache
+def core():
+    """The process' one ``openvino.Core``, with its CPU plugin loaded; never released.
+
+    Each Core's CPU plugin installs its own alternate signal stack on the thread that loads it
+    and, when the Core is destroyed, puts back the stack it found. Cores released out of order
+    (one per model, NNCF's own during calibration) leave the thread's alternate stack pointing at
+    freed memory, and the next signal with an ``SA_ONSTACK`` handler - Python's SIGCHLD handler,
+    which PyTorch's DataLoader installs, fires when any subprocess exits - segfaults the process
+    or corrupts its heap (measured: ``tests/test_openvino_signals.py``). One Core created before
+    any other and kept for the process' life keeps every later Core nested inside it.
+    """
+    import openvino
+
+    shared = openvino.Core()
+    shared.get_property("CPU", "FULL_DEVICE_NAME")  # loads the plugin now: its stack comes first
+    return shared
 
 
 @contextlib.contextmanager
@@ -226,7 +247,7 @@ class OvModel:
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None, profile: bool = False):
-        ov, _ = require_openvino()
+        require_openvino()
         path = Path(path)
         if not path.is_file() or not path.with_suffix(".bin").is_file():
             raise VitquantError(f"OpenVINO model not found: {path} (and its .bin).")
@@ -236,7 +257,7 @@ class OvModel:
         if profile:
             config["PERF_COUNT"] = True
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+            self.compiled = core().compile_model(str(path), "CPU", config)
         except RuntimeError as exc:
             raise VitquantError(f"OpenVINO could not load {path}: {str(exc)[:300]}") from exc
         self.request = self.compiled.create_infer_request()
