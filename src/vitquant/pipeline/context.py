@@ -209,23 +209,13 @@ class Context:
         on the float model, ``qm``'s calibration and ignore list), measured in OpenVINO; the
         fp32 IR is measured first, once (its runtime's fp32 reference). Returns
         ``(row, Exported)``."""
-        from vitquant.layers import quantizable_names
         from vitquant.quant.backends import get_backend
+        from vitquant.quant.variant_rows import float_row
 
         cand, qm = self.pending_ov.pop(variant)
         ov = get_backend("openvino")
         if self.measurer.find("fp32", ov.label) is None:
-            xml = ov.export_float(self.model, self.example(), self.artifacts / "fp32.xml")
-            self.measurer.measure(
-                Candidate(
-                    "fp32",
-                    ov.label,
-                    ov.load(xml, threads=self.measurer.threads),
-                    runtime=ov.runtime,
-                    artifact=xml,
-                    float_layers=quantizable_names(self.model),
-                )
-            )
+            float_row(ov, self.measurer, self.model, self.example(), self.artifacts)
         exported = ov.export(
             qm,
             self.artifacts / f"{variant}{ov.suffix}",

@@ -31,6 +31,25 @@ from vitquant.quant.artifacts import save_state_dict
 from vitquant.quant.backends import Backend, get_backend
 
 
+def float_row(backend: Backend, measurer: Measurer, model: nn.Module, example, artifacts: Path):
+    """The ``fp32`` row of a deployment runtime: ``model`` exported by ``backend`` to
+    ``artifacts/fp32<suffix>``, loaded back and measured (the reference its int8 rows' speedup
+    is taken against). Returns what ``Backend.export_float`` returned."""
+    exported = backend.export_float(model, example, artifacts / f"fp32{backend.suffix}")
+    path = getattr(exported, "path", exported)  # ONNX Runtime: an ``OnnxFloat``; else the path
+    measurer.measure(
+        Candidate(
+            "fp32",
+            backend.label,
+            backend.load(path, threads=measurer.threads),
+            runtime=backend.runtime,
+            artifact=path,
+            float_layers=quantizable_names(model),
+        )
+    )
+    return exported
+
+
 @dataclass
 class VariantRows:
     """Saves and measures the variants of one quantize run (see the module docstring).
@@ -78,31 +97,9 @@ class VariantRows:
         )
         example = next(self.bundle.batches("calib", self.spec, batch_size=4))[0]
         if self.openvino:
-            xml = self.ov.export_float(model, example, self.artifacts / "fp32.xml")
-            self.measurer.measure(
-                Candidate(
-                    "fp32",
-                    self.ov.label,
-                    self.ov.load(xml, threads=self.measurer.threads),
-                    runtime=self.ov.runtime,
-                    artifact=xml,
-                    float_layers=names,
-                )
-            )
-        if not self.onnx:
-            return
-        self.source = self.ort.export_float(model, example, self.artifacts / "fp32.onnx")
-        runner = self.ort.load(self.source.path, threads=self.measurer.threads)
-        self.measurer.measure(
-            Candidate(
-                "fp32",
-                self.ort.label,
-                runner,
-                runtime=self.ort.runtime,
-                artifact=self.source.path,
-                float_layers=names,
-            )
-        )
+            float_row(self.ov, self.measurer, model, example, self.artifacts)
+        if self.onnx:
+            self.source = float_row(self.ort, self.measurer, model, example, self.artifacts)
 
     def quantized(self, qm, variant: str, *, dynamic: bool = False, extra: dict | None = None):
         """``qm``'s PyTorch row, then its ``--export`` row and its ONNX Runtime twin.
