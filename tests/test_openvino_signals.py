@@ -24,9 +24,13 @@ _PROBE = textwrap.dedent(
     class Stack(ctypes.Structure):
         _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
 
-    def alt_stack_is_mapped():
+    def alt_stack():
         now = Stack()
         ctypes.CDLL(None).sigaltstack(None, ctypes.byref(now))
+        return now
+
+    def alt_stack_is_mapped():
+        now = alt_stack()
         if not now.sp:
             return True
         for line in open("/proc/self/maps"):
@@ -42,7 +46,9 @@ _PROBE = textwrap.dedent(
     if sys.argv[1] == "raw":  # a Core per model, released out of order
         import openvino as ov
         first, second = ov.Core(), ov.Core()
+        before = alt_stack().sp
         a = first.compile_model(str(path), "CPU"); a(x.numpy())
+        print("swapped" if alt_stack().sp != before else "kept", flush=True)
         b = second.compile_model(str(path), "CPU"); b(x.numpy())
         del a, first; gc.collect()
         del b, second; gc.collect()
@@ -74,7 +80,10 @@ def _probe(case: str) -> subprocess.CompletedProcess:
 def test_a_core_per_model_leaves_a_dangling_signal_stack():
     """The hazard itself, so the next test is known to detect it."""
     proc = _probe("raw")
-    assert proc.stdout.splitlines()[:1] == ["dangling"], proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    if lines[:1] == ["kept"]:
+        pytest.skip("this CPU plugin build leaves the thread's signal stack alone")
+    assert lines[:2] == ["swapped", "dangling"], proc.stderr[-2000:]
 
 
 def test_vitquant_runners_keep_the_signal_stack_valid():
