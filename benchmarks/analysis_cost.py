@@ -52,24 +52,40 @@ def _load(model_name: str, data: str, n: int):
     return loaded, load_data(data, calib=n)
 
 
-def _analyse(loaded, bundle, batch_size: int, passes: list | None = None):
+STEPS = ("update1", "begin2", "update2", "end2", "update3")  # PointAccumulator's steps
+
+
+def _analyse(
+    loaded, bundle, batch_size: int, passes: list | None = None, spent: dict | None = None
+):
+    """``collect_activation_stats``; ``passes`` collects each point's "needed a third pass",
+    ``spent`` the seconds spent in each accumulator step (``STEPS``: the statistics' own work,
+    outside the model's forward passes)."""
     from vitquant.analysis import stats
 
-    if passes is not None:  # count the points that needed a third pass
-        original = stats.PointAccumulator.end2
+    originals = {name: getattr(stats.PointAccumulator, name) for name in STEPS}
 
-        def end2(acc):
-            original(acc)
-            passes.append(getattr(acc, "needs_pass3", True))  # older code: always three
+    def timed(name):
+        def step(acc, *args):
+            start = time.perf_counter()
+            out = originals[name](acc, *args)
+            if spent is not None:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+            if name == "end2" and passes is not None:
+                passes.append(getattr(acc, "needs_pass3", True))
+            return out
 
-        stats.PointAccumulator.end2 = end2
+        return step
+
+    for name in STEPS:
+        setattr(stats.PointAccumulator, name, timed(name))
     try:
         return stats.collect_activation_stats(
             loaded.model, bundle, loaded.spec, batch_size=batch_size, progress=False
         )
     finally:
-        if passes is not None:
-            stats.PointAccumulator.end2 = original
+        for name, original in originals.items():
+            setattr(stats.PointAccumulator, name, original)
 
 
 def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int) -> dict:
@@ -83,7 +99,8 @@ def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int
         for x, _ in bundle.batches("calib", loaded.spec, batch_size=batch_size):
             loaded.model(x)
 
-    plain()  # warm-up (allocator, first-call costs)
+    plain()  # warm-ups (allocator, first-call costs, the analysis' imports)
+    _analyse(loaded, bundle, batch_size)
     rounds = []
     third: list[bool] = []
     for r in range(repeats):
@@ -93,8 +110,10 @@ def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int
             if name == "plain":
                 plain()
             else:
-                stats = _analyse(loaded, bundle, batch_size, third if r == 0 else None)
+                spent: dict = {}
+                stats = _analyse(loaded, bundle, batch_size, third if r == 0 else None, spent)
             times[name] = time.perf_counter() - start
+        times["statistics"] = {k: round(v, 4) for k, v in spent.items()}
         rounds.append(times)
     ratios = [t["analysis"] / t["plain"] for t in rounds]
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
@@ -107,9 +126,28 @@ def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int
         "plain_s_median": statistics.median(t["plain"] for t in rounds),
         "analysis_s_median": statistics.median(t["analysis"] for t in rounds),
         "ratio": {"median": statistics.median(ratios), "iqr": q[2] - q[0]},
+        # Where the analysis' time goes, in units of one plain pass (per-round medians): its
+        # forward passes over the images (with hooks) and the statistics' own steps.
+        "breakdown_in_plain_passes": breakdown(rounds),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def breakdown(rounds: list[dict]) -> dict:
+    """Per round, the analysis' time in plain passes: the statistics' steps (``STEPS``) and the
+    rest (forward passes with hooks, data loading); medians over the rounds."""
+    parts: dict[str, list[float]] = {}
+    for t in rounds:
+        steps = t["statistics"]
+        spent = sum(steps.values())
+        for name, seconds in steps.items():
+            parts.setdefault(name, []).append(seconds / t["plain"])
+        parts.setdefault("statistics", []).append(spent / t["plain"])
+        parts.setdefault("forward_passes_and_loading", []).append(
+            (t["analysis"] - spent) / t["plain"]
+        )
+    return {name: round(statistics.median(v), 3) for name, v in parts.items()}
 
 
 def memory_child(model_name: str, data: str, n: int, batch_size: int) -> dict:
@@ -164,6 +202,10 @@ def main() -> None:
         f"{timing['analysis_s_median']:.1f} s vs plain inference {timing['plain_s_median']:.2f} s"
         f" = {timing['ratio']['median']:.2f}x (IQR {timing['ratio']['iqr']:.2f}); "
         f"{timing['points_needing_a_third_pass']} points needed a third pass"
+    )
+    print(
+        "in plain passes: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in timing["breakdown_in_plain_passes"].items())
     )
     runs = []
     for n in args.sizes:
