@@ -5,7 +5,10 @@ Time: one child process loads the model and ``--time-images`` calibration images
 batches from the same loader, no hooks) and ``collect_activation_stats`` back to back (the
 order alternating between rounds). The ratio is the median of the per-round ratios
 ``analysis / plain`` with its interquartile range: interleaved, so a slower minute for the
-machine slows both sides.
+machine slows both sides. Each round also records the seconds spent in the statistics' own
+steps (``PointAccumulator.update1`` ... ``update3``); ``breakdown_in_plain_passes`` sets them and
+the rest (forward passes with hooks, data loading) against one plain pass. Two passes over the
+images cost two plain passes before any statistic is taken: the floor of a two-pass design.
 
 Memory: each of ``--sizes`` runs in a child process of its own (so sizes do not contaminate
 each other), which reports its peak resident set size (``ru_maxrss``) after loading the model
