@@ -9,6 +9,8 @@ path                        runtime    what
 =========================== ========== =====================================================
 fp32-eager                  eager      the float model (the reference of every speedup)
 fp32-inductor[-freezing]    inductor   ``torch.compile`` of the exported float graph
+fp32-inductor-bf16          inductor   the same under bf16 autocast (variant ``bf16``: not an
+                                       int8 path, it shows what bf16 alone buys)
 fp32-ort[-opt]              onnxrt     the float ONNX export [after ORT's transformer optimizer]
 fp32-pte                    executorch the float model lowered to XNNPACK
 dynamic-pytorch             eager      ``quantize_dynamic`` (fbgemm/oneDNN int8 Linear)
@@ -16,7 +18,10 @@ dynamic-ort[-opt]           onnxrt     ORT dynamic int8 [of the optimized float 
 dynamic-pte                 executorch XNNPACK dynamic int8 ``.pte``
 static-x86-*                inductor   x86 pt2e static int8 lowered by inductor: ``inductor``
                                        (default config), ``freezing``, ``cpp-wrapper`` and
-                                       ``max-autotune`` (both with freezing)
+                                       ``max-autotune`` (both with freezing); ``bf16``:
+                                       freezing, the float operators under bf16 autocast
+                                       (int8-mixed-bf16, vitquant's x86 default on a CPU
+                                       with native bf16)
 static-ort[-opt]            onnxrt     ORT static QDQ (mirroring the x86 recipe) [of the
                                        optimized float model, every MatMul]
 static-pte                  executorch XNNPACK static int8 ``.pte``
@@ -107,6 +112,7 @@ class Path_:
 
 FREEZE, NO_FREEZE = {"freezing": True}, {"freezing": False}
 CPP_WRAPPER, AUTOTUNE = {**FREEZE, "cpp_wrapper": True}, {**FREEZE, "max_autotune": True}
+BF16 = {**FREEZE, "bf16": True}  # not an inductor option: ``Compiled`` runs under bf16 autocast
 F_IND, F_FRZ, S86 = "fp32-inductor", "fp32-inductor-freezing", "static-x86.pt2"
 PATHS = {
     p.name: p
@@ -125,6 +131,8 @@ PATHS = {
         Path_("static-x86-freezing", "static", "inductor", S86, F_FRZ, FREEZE),
         Path_("static-x86-cpp-wrapper", "static", "inductor", S86, F_FRZ, CPP_WRAPPER),
         Path_("static-x86-max-autotune", "static", "inductor", S86, F_FRZ, AUTOTUNE),
+        Path_("static-x86-bf16", "static", "inductor", S86, F_FRZ, BF16),
+        Path_("fp32-inductor-bf16", "bf16", "inductor", "fp32.pt", F_FRZ, BF16),
         Path_("static-ort", "static", "onnxruntime", "static.onnx", "fp32-ort"),
         Path_("static-ort-opt", "static", "onnxruntime", "static-opt.onnx", "fp32-ort-opt"),
         Path_("static-pte", "static", "executorch", "static.pte", "fp32-pte"),
@@ -345,18 +353,22 @@ class Compiled:
 
     def __init__(self, graph: torch.fx.GraphModule, options: dict) -> None:
         self.options, self.graph = dict(options), graph
+        self.bf16 = self.options.pop("bf16", False)  # int8-mixed-bf16 (vitquant's x86 default
+        # where the CPU has native bf16): the float operators run under bf16 autocast
         self.compiled = torch.compile(graph, backend="inductor", dynamic=False)
         self.shapes: set = set()
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape not in self.shapes:
-            import torch._inductor.config as inductor_config
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            if x.shape not in self.shapes:
+                import torch._inductor.config as inductor_config
 
-            with inductor_config.patch(**self.options):
+                with inductor_config.patch(**self.options):
+                    out = self.compiled(x)
+                self.shapes.add(x.shape)
+            else:
                 out = self.compiled(x)
-            self.shapes.add(x.shape)
-            return out
-        return self.compiled(x)
+        return out.float()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -740,7 +752,8 @@ def verdicts(rows: list[dict], batches: list[int], has_vnni: bool) -> dict:
     timed = [
         r
         for r in rows
-        if r["variant"] != "fp32" and all(speed(r, b, "speedup_vs_fp32_eager") for b in batches)
+        if r["variant"] in ("static", "dynamic")
+        and all(speed(r, b, "speedup_vs_fp32_eager") for b in batches)
     ]
     if not timed:
         return {"best_path": None, "met": False, "note": "no int8 path was timed"}

@@ -117,6 +117,8 @@ def test_layers_loads_the_checkpoint_it_is_given(tmp_path):
         ["eval", "digits_vit", "--latency-batch", "0"],
         ["quantize", "digits_vit", "--threads", "-2"],
         ["quantize", "digits_vit", "--percentile", "101"],
+        ["quantize", "digits_vit", "--x86-float", "fp16"],
+        ["pipeline", "digits_vit", "--x86-float", "half"],
         ["qat", "digits_vit", "--epochs", "0"],
         ["qat", "digits_vit", "--batch-size", "0"],
         ["qat", "digits_vit", "--train-limit", "-1"],

@@ -102,3 +102,11 @@ def invocation() -> str:
 def save_result(directory: Path, command: str, payload: dict) -> Path:
     """Write ``DIR/<command>.json`` (atomically) with the reproducing command line added."""
     return write_json(directory / f"{command}.json", {"command": invocation(), **payload})
+
+
+def use_x86_float(value) -> None:
+    """Set the x86 backend's ``float_ops`` for this process (``--x86-float``: a choice of
+    ``options.X86Float``, so typer has already refused anything else)."""
+    from vitquant.quant.backends import get_backend
+
+    get_backend("x86").float_ops = getattr(value, "value", value)

@@ -10,6 +10,7 @@ everywhere, apart from the few commands listed there with their reason.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -209,6 +210,26 @@ LowerOpt = Annotated[
     typer.Option(
         help="Time pt2e models after inductor lowering (int8 kernels); --no-lower times the "
         "eager emulation and marks the rows simulated."
+    ),
+]
+
+
+class X86Float(StrEnum):
+    """``--x86-float`` choices (``vitquant.quant.lowered.FLOAT_OPS``)."""
+
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+X86FloatOpt = Annotated[
+    X86Float,
+    typer.Option(
+        "--x86-float",
+        help="Precision of the operators the lowered x86 int8 graph leaves in float (attention "
+        "matmuls, softmax, LayerNorm): auto = bf16 on a CPU with native bf16 (AMX or "
+        "AVX512-BF16; PyTorch's int8-mixed-bf16 recipe, the fastest DeiT-S path measured), "
+        "else fp32.",
     ),
 ]
 LatencyBatchOpt = Annotated[

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import model_and_data, prepare_out, save_result
+from vitquant.cli.common import model_and_data, prepare_out, save_result, use_x86_float
 from vitquant.cli.options import (
     MAX_DROP,
     PER_CHANNEL,
@@ -45,6 +45,8 @@ from vitquant.cli.options import (
     VerboseOpt,
     VitMethodsOpt,
     WBitsOpt,
+    X86Float,
+    X86FloatOpt,
 )
 from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
@@ -90,6 +92,7 @@ def pipeline(
         typer.Option(min=1, help="Val images for the sensitivity ranking [default: all]."),
     ] = None,
     lower: LowerOpt = True,
+    x86_float: X86FloatOpt = X86Float.auto,
     wbits: WBitsOpt = 8,
     abits: ABitsOpt = 8,
     bits: BitsRuleOpt = None,
@@ -113,6 +116,7 @@ def pipeline(
     else the smallest file, then the most int8 layers; a simulated (emulated int8) variant only
     when nothing executed meets the budget; if none meets it, the most accurate on val.
     """
+    use_x86_float(x86_float)
     if force_qat and not qat:
         raise VitquantError("--force-qat and --no-qat contradict each other: pass one of them.")
     from vitquant.cli.quantize_cmd import lowbit_setting

@@ -9,7 +9,13 @@ from typing import Annotated
 import typer
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import invocation, model_and_data, prepare_out, save_result
+from vitquant.cli.common import (
+    invocation,
+    model_and_data,
+    prepare_out,
+    save_result,
+    use_x86_float,
+)
 from vitquant.cli.options import (
     MAX_DROP,
     PER_CHANNEL,
@@ -51,6 +57,8 @@ from vitquant.cli.options import (
     WBitsOpt,
     WSizeOpt,
     WSpeedOpt,
+    X86Float,
+    X86FloatOpt,
 )
 from vitquant.errors import VitquantError
 from vitquant.io import check_writable, write_text
@@ -170,6 +178,7 @@ def quantize(
     onnx: OnnxOpt = True,
     openvino: OpenVinoOpt = False,
     lower: LowerOpt = True,
+    x86_float: X86FloatOpt = X86Float.auto,
     latency_batch: LatencyBatchOpt = 1,
     threads: ThreadsOpt = None,
     w_acc: WAccOpt = 1.0,
@@ -186,6 +195,7 @@ def quantize(
     and the recipe (the methods that help on val), all simulated, plus the per-point error
     table (SQNR, accuracy impact, outlier %) and its rank correlations.
     """
+    use_x86_float(x86_float)
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
     from vitquant.quant.run import QuantizeJob, run_variants
     from vitquant.quant.scope import IgnoreScope
@@ -353,6 +363,7 @@ def bench(
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
     lower: LowerOpt = True,
+    x86_float: X86FloatOpt = X86Float.auto,
     latency_batch: LatencyBatchOpt = 1,
     threads: ThreadsOpt = None,
     w_acc: WAccOpt = 1.0,
@@ -363,6 +374,7 @@ def bench(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-measure the saved variants of a quantize run (accuracy, size, latency) -> bench.json."""
+    use_x86_float(x86_float)
     from vitquant.data import check_compatible, load_data
     from vitquant.quant.bench import bench_rows
     from vitquant.registry import get_spec

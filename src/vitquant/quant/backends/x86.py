@@ -97,6 +97,9 @@ class X86Backend(Backend):
     default_observer = "minmax"
     lowers = True
     dynamic_label = "pytorch"
+    #: precision of the operators left in float when lowered (``lowered.FLOAT_OPS``); the CLI's
+    #: ``--x86-float`` sets it for the process.
+    float_ops = "auto"
 
     def make_quantizer(self, ignore: list[str], *, default_bits=None, layer_bits=None, **options):
         """torchao's ``X86InductorQuantizer`` with ``quantization_config(**options)``; ``ignore``
@@ -126,7 +129,9 @@ class X86Backend(Backend):
         ``probe`` (a batch) is run at its size and at batch 1, so both shapes compile here and
         a failure falls back to the emulation (``simulated``, ``extra.lowering_error``); the
         share of ``probe`` on which lowered and eager argmax agree is
-        ``extra.lowered_vs_eager_agreement``. A dynamic eager model runs int8 kernels as it is.
+        ``extra.lowered_vs_eager_agreement``; ``extra.float_ops`` says whether the operators left
+        in float ran in bf16 or fp32 (``self.float_ops``, ``"auto"`` by default). A dynamic
+        eager model runs int8 kernels as it is.
         """
         if not isinstance(graph, torch.fx.GraphModule):  # eager dynamic int8 (fbgemm/oneDNN)
             return Lowered(runner=graph, simulated=False)
@@ -135,8 +140,11 @@ class X86Backend(Backend):
         from vitquant.quant.lowered import LoweredModel
 
         try:
-            lowered = LoweredModel(graph)
-            extra: dict = {"timed": "inductor-lowered int8"}
+            lowered = LoweredModel(graph, float_ops=self.float_ops)
+            timed = "inductor-lowered int8"
+            if lowered.float_ops == "bf16":
+                timed += ", float ops in bf16"
+            extra: dict = {"timed": timed, "float_ops": lowered.float_ops}
             if probe is not None:
                 with torch.no_grad():
                     lowered(probe[:1])
