@@ -21,7 +21,10 @@ static-x86-*                inductor   x86 pt2e static int8 lowered by inductor:
                                        ``max-autotune`` (both with freezing); ``bf16``:
                                        freezing, the float operators under bf16 autocast
                                        (int8-mixed-bf16, vitquant's x86 default on a CPU
-                                       with native bf16)
+                                       with native bf16), alone or with ``cpp-wrapper`` /
+                                       ``max-autotune``; ``int8-attn-bf16``: also the
+                                       attention matmuls in int8 (torchao's fused int8
+                                       SDPA, AMX CPUs; ``StaticPTQ(int8_attention=True)``)
 static-ort[-opt]            onnxrt     ORT static QDQ (mirroring the x86 recipe) [of the
                                        optimized float model, every MatMul]
 static-pte                  executorch XNNPACK static int8 ``.pte``
@@ -113,7 +116,9 @@ class Path_:
 FREEZE, NO_FREEZE = {"freezing": True}, {"freezing": False}
 CPP_WRAPPER, AUTOTUNE = {**FREEZE, "cpp_wrapper": True}, {**FREEZE, "max_autotune": True}
 BF16 = {**FREEZE, "bf16": True}  # not an inductor option: ``Compiled`` runs under bf16 autocast
+BF16_CPP, BF16_TUNE = {**BF16, "cpp_wrapper": True}, {**BF16, "max_autotune": True}
 F_IND, F_FRZ, S86 = "fp32-inductor", "fp32-inductor-freezing", "static-x86.pt2"
+S86A = "static-x86-int8-attn.pt2"  # StaticPTQ(int8_attention=True): torchao's fused int8 SDPA
 PATHS = {
     p.name: p
     for p in (
@@ -132,6 +137,10 @@ PATHS = {
         Path_("static-x86-cpp-wrapper", "static", "inductor", S86, F_FRZ, CPP_WRAPPER),
         Path_("static-x86-max-autotune", "static", "inductor", S86, F_FRZ, AUTOTUNE),
         Path_("static-x86-bf16", "static", "inductor", S86, F_FRZ, BF16),
+        Path_("static-x86-bf16-cpp-wrapper", "static", "inductor", S86, F_FRZ, BF16_CPP),
+        Path_("static-x86-bf16-max-autotune", "static", "inductor", S86, F_FRZ, BF16_TUNE),
+        Path_("static-x86-int8-attn-bf16", "static", "inductor", S86A, F_FRZ, BF16),
+        Path_("static-x86-int8-attn-bf16-cpp-wrapper", "static", "inductor", S86A, F_FRZ, BF16_CPP),
         Path_("fp32-inductor-bf16", "bf16", "inductor", "fp32.pt", F_FRZ, BF16),
         Path_("static-ort", "static", "onnxruntime", "static.onnx", "fp32-ort"),
         Path_("static-ort-opt", "static", "onnxruntime", "static-opt.onnx", "fp32-ort-opt"),
@@ -210,6 +219,10 @@ def build_artifacts(model, spec, bundle, names: list[str], art: Path, calib: int
         x86.save(qm, art / "static-x86.pt2")
         return qm
 
+    def x86_int8_attention():
+        cfg = StaticPTQ(backend="x86", calib=calib, calib_batch=8, int8_attention=True)
+        x86.save(quantize_static(model, bundle, spec, cfg), art / S86A)
+
     def pte(tag: str, build: Callable[[], object]) -> Callable[[], object]:
         def run():
             exported = xnn.export(build(), art / f"{tag}.pte")
@@ -223,7 +236,9 @@ def build_artifacts(model, spec, bundle, names: list[str], art: Path, calib: int
 
     onnx_paths = [n for n in names if PATHS[n].runtime == "onnxruntime"]
     opt_paths = [n for n in onnx_paths if n.endswith("-opt")]
-    x86_paths = [n for n in names if n.startswith("static-x86")] + ["static-ort"]
+    x86_paths = [n for n in names if n.startswith("static-x86") and PATHS[n].artifact == S86]
+    x86_paths.append("static-ort")
+    attn_paths = [n for n in names if PATHS[n].artifact == S86A]
     save_state_dict(model, art / "fp32.pt")
     step(
         onnx_paths, "fp32 ONNX export", lambda: ort.export_float(model, example, art / "fp32.onnx")
@@ -256,6 +271,7 @@ def build_artifacts(model, spec, bundle, names: list[str], art: Path, calib: int
         lambda: quantize_onnx_dynamic(OnnxFloat(art / "fp32-opt.onnx"), art / "dynamic-opt.onnx"),
     )
     step(x86_paths, f"static x86 pt2e ({calib} calibration images)", x86_static)
+    step(attn_paths, "static x86 pt2e, int8 attention", x86_int8_attention)
     step(
         ["static-ort"],
         "static QDQ (ORT)",
@@ -353,6 +369,9 @@ class Compiled:
 
     def __init__(self, graph: torch.fx.GraphModule, options: dict) -> None:
         self.options, self.graph = dict(options), graph
+        from vitquant.quant import x86_attention
+
+        self.options.update(x86_attention.inductor_patch())  # as vitquant's LoweredModel
         self.bf16 = self.options.pop("bf16", False)  # int8-mixed-bf16 (vitquant's x86 default
         # where the CPU has native bf16): the float operators run under bf16 autocast
         self.compiled = torch.compile(graph, backend="inductor", dynamic=False)

@@ -202,7 +202,7 @@ OpenVinoOpt = Annotated[
     bool,
     typer.Option(
         help="Also quantize each static variant with NNCF and run it in OpenVINO (its CPU "
-        "plugin runs the attention matmuls in int8 too: the fastest DeiT path measured)."
+        "plugin runs the attention matmuls in int8 too)."
     ),
 ]
 LowerOpt = Annotated[

@@ -179,6 +179,14 @@ def quantize(
     openvino: OpenVinoOpt = False,
     lower: LowerOpt = True,
     x86_float: X86FloatOpt = X86Float.auto,
+    x86_int8_attention: Annotated[
+        bool,
+        typer.Option(
+            help="x86 static: also quantize timm attention's q@k^T and attn@v and lower each "
+            "block to torchao's fused int8 attention kernel (AMX CPUs; elsewhere the matmuls "
+            "run as quantize/dequantize around float ones)."
+        ),
+    ] = False,
     latency_batch: LatencyBatchOpt = 1,
     threads: ThreadsOpt = None,
     w_acc: WAccOpt = 1.0,
@@ -221,6 +229,7 @@ def quantize(
         observer=observer,
         percentile=percentile,
         calib=calib,
+        int8_attention=x86_int8_attention,
     )
     job = QuantizeJob(
         static=static,

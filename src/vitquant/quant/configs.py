@@ -67,6 +67,9 @@ class StaticPTQ:
         percentile: upper percentile of the ``percentile`` observer.
         calib: calibration images from the ``calib`` role (None: all of it).
         calib_batch: calibration batch size.
+        int8_attention: x86 only: also quantize the attention matmuls of timm ViT blocks and
+            lower them to torchao's fused int8 attention kernel on AMX CPUs
+            (``vitquant.quant.x86_attention``).
     """
 
     backend: str = "x86"
@@ -76,9 +79,15 @@ class StaticPTQ:
     percentile: float = 99.99
     calib: int | None = None
     calib_batch: int = 64
+    int8_attention: bool = False
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
+        if self.int8_attention and self.backend != "x86":
+            raise VitquantError(
+                f"int8_attention is an x86 option (torchao's fused int8 attention kernel); "
+                f"the {self.backend} quantizer has no such kernel: drop it or use backend='x86'."
+            )
         if self.observer is None:  # frozen: resolve the backend's default once, here
             object.__setattr__(self, "observer", get_backend(self.backend).default_observer)
         if self.observer not in OBSERVERS:

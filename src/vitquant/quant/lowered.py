@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from vitquant.quant import x86_attention
 from vitquant.quant.pt2e import QuantizedModel
 
 FLOAT_OPS = ("auto", "bf16", "fp32")
@@ -85,11 +86,15 @@ class LoweredModel:
         self.chunk = chunk
         self.float_ops = resolve_float_ops(float_ops)
         self.compiled = lower(self.graph)
+        self.patch = x86_attention.inductor_patch()  # fuses int8 attention blocks, if any
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
         bf16 = self.float_ops == "bf16"
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = self.compiled(x)
+        with inductor_config.patch(self.patch):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = self.compiled(x)
         return out.float() if bf16 else out
 
     @torch.no_grad()

@@ -78,6 +78,7 @@ def make_quantizer(
     ignore: Iterable[str] = (),
     plan=None,
     layers: Iterable[str] = (),
+    int8_matmul: bool = False,
 ):
     """A pt2e ``Quantizer`` for ``backend`` that keeps the ``ignore`` modules in float.
 
@@ -91,6 +92,7 @@ def make_quantizer(
         plan: a ``BitsPlan`` narrowing the backend's ranges (``lowbit.narrow``): its default
             everywhere, its rules on the matching ``layers`` (the quantizable layer names).
             None: the backend's int8.
+        int8_matmul: also annotate ``torch.matmul`` (x86: ``StaticPTQ.int8_attention``).
     """
     target = get_backend(check_backend(backend))
     bits: dict = {}
@@ -98,7 +100,7 @@ def make_quantizer(
         from vitquant.quant.lowbit.narrow import bits_overrides
 
         bits = dict(default_bits=plan.default, layer_bits=bits_overrides(plan, layers, ignore))
-    return target.make_quantizer(
+    quantizer = target.make_quantizer(
         list(ignore),
         **bits,
         per_channel=per_channel,
@@ -108,6 +110,29 @@ def make_quantizer(
         is_qat=is_qat,
         is_dynamic=is_dynamic,
     )
+    if int8_matmul:  # both inputs of every matmul between activations, at the global config
+        quantizer.set_function_type_qconfig(
+            torch.matmul, quantizer.get_global_quantization_config()
+        )
+    return quantizer
+
+
+def use_int8_attention(model: nn.Module) -> list[str]:
+    """Put ``model``'s timm attention blocks (in place) in the layout of the fused int8
+    attention kernel (``vitquant.quant.x86_attention``); returns the notes for the result."""
+    from vitquant.quant import x86_attention
+
+    tokens = x86_attention.token_count(model)
+    switched = x86_attention.use_int8_attention_layout(model, tokens) if tokens else 0
+    if not switched:
+        return ["int8_attention: no plain timm attention block found, nothing to fuse"]
+    notes = [f"int8_attention: {switched} attention block(s) with int8 q@k^T and attn@v"]
+    if not x86_attention.available():
+        notes.append(
+            "int8_attention: this CPU has no AMX, so inductor has no fused int8 attention "
+            "kernel here; the attention matmuls run as quantize/dequantize around float ones"
+        )
+    return notes
 
 
 def edge_friendly_attention(model: nn.Module, backend: str):
@@ -279,6 +304,8 @@ def quantize_static(
     scope = resolve_scope(model, ignore)
     first, batches, example = open_calibration(bundle, spec, cfg, progress=progress)
     notes = list(scope.notes)
+    if cfg.int8_attention:
+        notes += use_int8_attention(model)
     with get_backend(cfg.backend).tracing(model) as n_unfused:
         graph = export_model(model, example)
     if n_unfused:
@@ -293,6 +320,7 @@ def quantize_static(
         observer=cfg.observer,
         percentile=cfg.percentile,
         ignore=scope.modules,
+        int8_matmul=cfg.int8_attention,
     )
     prepared = prepare_pt2e(graph, quantizer)
     if calibration is None or not calibration.load_into(prepared):

@@ -1,0 +1,278 @@
+"""Int8 attention kernels on the x86 path, measured against vitquant's default (int8-mixed-bf16).
+
+Issue 14 names int8 kernels for the attention matmuls as the way past the float attention of
+the x86 path. torchao ships one: its quantized-SDPA fusion
+(``torchao.prototype.inductor.fx_passes.qsdpa_fusion``), which replaces q/k/v dequantize ->
+``q @ k^T`` -> softmax -> quantize -> ``@ v`` -> quantize by one generated int8 kernel
+(``torchao::qscaled_dot_product``). This script builds it for DeiT-S at 224 px and times it,
+interleaved, against fp32 eager and the x86 path vitquant ships:
+
+================================ ===========================================================
+variant                          what
+================================ ===========================================================
+fp32-eager                       the float timm model (the reference of every speedup)
+x86-bf16                         vitquant's x86 path: int8 Linear layers, the rest in bf16
+x86-int8-attention               int8 Linear layers and int8 q@k^T / attn@v (fused qsdpa)
+x86-int8-attention-bf16          the same, the remaining float operators in bf16
+...-cpp-wrapper                  the two bf16 variants with inductor's ``cpp_wrapper``
+================================ ===========================================================
+
+Why it is a benchmark and not a vitquant path (hand-written pieces, with their reason):
+
+- The fusion matches one graph layout only (q, k, v reshaped and permuted; ``q @ k^T * scale``
+  plus a mask; softmax; ``@ v``; permute and contiguous), not timm's (the scale on ``q``, one
+  reshape for q, k and v). ``int8_attention_forward`` computes timm's attention in that layout.
+- Its patterns predate torch 2.14's rewrite of ``softmax(x * scale)``, which now inserts an
+  inf guard (``where``) that the patterns do not expect. Adding a zero float mask to the scores
+  keeps that rewrite off, so the masked pattern matches (``fused`` counts the fused blocks).
+- Its kernel is a C++ template that inductor generates for AMX only (the torchao wheel carries
+  no prebuilt CPU kernel), so it exists on AMX CPUs only; elsewhere the script says so and stops.
+
+Timing: ``--repeats`` rounds round-robin over the variants (start rotated), one untimed and
+``--iters`` timed calls each, at batch 1 and 32, 2 threads; speedups are the median (and IQR) of
+per-round ratios. Agreement: logit SQNR against fp32 eager on a batch of CIFAR-10 test images
+through DeiT-S's eval transform (random weights: the hubs are offline, so no accuracy).
+
+    python benchmarks/x86_int8_attention.py            # ~10 min alone on 2 cores
+    python benchmarks/x86_int8_attention.py --variants x86-bf16-cpp-wrapper \
+        x86-int8-attention-bf16 x86-int8-attention-bf16-cpp-wrapper --out runs/bench/x.json
+
+Writes runs/bench/x86_int8_attention.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+DEIT = "timm:deit_small_patch16_224"
+VARIANTS = (
+    "fp32-eager",
+    "x86-bf16",
+    "x86-int8-attention",
+    "x86-int8-attention-bf16",
+    "x86-bf16-cpp-wrapper",
+    "x86-int8-attention-bf16-cpp-wrapper",
+)
+
+
+def int8_attention_forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False):
+    """timm ``Attention.forward`` (no mask, no q/k norm, no gate) in the layout torchao's qsdpa
+    fusion matches: per-head q, k, v from the ``qkv`` output, ``q @ k^T * scale + zero_mask``,
+    softmax, ``@ v``, heads merged. Same math as timm's, up to float rounding."""
+    b, n, c = x.shape
+    q, k, v = self.qkv(x).chunk(3, dim=-1)
+    heads = (b, n, self.num_heads, self.head_dim)
+    q, k, v = (t.reshape(heads).permute(0, 2, 1, 3) for t in (q, k, v))
+    scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + self.zero_mask
+    out = torch.matmul(scores.softmax(dim=-1), v)
+    return self.proj(out.permute(0, 2, 1, 3).contiguous().reshape(b, n, c))
+
+
+def with_int8_attention_layout(model: torch.nn.Module, tokens: int) -> torch.nn.Module:
+    """A copy of ``model`` whose timm attention blocks use ``int8_attention_forward``."""
+    from timm.models.vision_transformer import Attention
+
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, Attention):
+            norms = [getattr(module, n, None) for n in ("q_norm", "k_norm", "norm")]
+            if any(m is not None and not isinstance(m, torch.nn.Identity) for m in norms):
+                raise SystemExit("this script covers plain timm attention (no q/k norm)")
+            if getattr(module, "gate", None) is not None:
+                raise SystemExit("this script covers plain timm attention (no gate)")
+            module.register_buffer("zero_mask", torch.zeros(1, 1, 1, tokens))
+            module.forward = types.MethodType(int8_attention_forward, module)
+    return model
+
+
+def convert(model, calib: list[torch.Tensor], *, int8_matmul: bool):
+    """pt2e static int8 with vitquant's x86 config; ``int8_matmul`` also annotates
+    ``torch.matmul`` (both inputs of the attention matmuls)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from vitquant.quant.backends import get_backend
+    from vitquant.quant.pt2e import export_model
+
+    quantizer = get_backend("x86").make_quantizer([])
+    if int8_matmul:
+        quantizer.set_function_type_qconfig(
+            torch.matmul, quantizer.get_global_quantization_config()
+        )
+    prepared = prepare_pt2e(export_model(model, calib[0]), quantizer)
+    with torch.no_grad():
+        for batch in calib:
+            prepared(batch)
+    converted = convert_pt2e(prepared)
+    move_exported_model_to_eval(converted)
+    return converted
+
+
+class Runner:
+    """A converted graph compiled by inductor (``freezing``, optionally the qsdpa pass), one
+    static graph per batch size, called under bf16 autocast when ``bf16``."""
+
+    def __init__(self, graph, *, bf16: bool, qsdpa: bool, cpp_wrapper: bool = False) -> None:
+        import torch._inductor.config as inductor_config
+
+        self.patch = {"freezing": True, "cpp_wrapper": cpp_wrapper}
+        if qsdpa:
+            from torchao.prototype.inductor.fx_passes.qsdpa_fusion import _qsdpa_init, custom_pass
+
+            with inductor_config.patch(post_grad_custom_pre_pass=custom_pass):
+                _qsdpa_init()  # registers the patterns into the pass dict in force
+            self.patch["post_grad_custom_pre_pass"] = custom_pass
+        self.bf16, self.fused = bf16, {}
+        self.compiled = torch.compile(graph, backend="inductor", dynamic=False)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+        from torch._dynamo.utils import counters
+
+        first = x.shape[0] not in self.fused
+        if first:
+            counters.clear()
+        with inductor_config.patch(**self.patch):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.compiled(x).float()
+        if first:
+            self.fused[x.shape[0]] = int(counters["inductor"].get("qsdpa_fuse_attention", 0))
+        return out
+
+
+def median_iqr(values: list[float]) -> dict:
+    if len(values) < 2:
+        return {"median": values[0], "iqr": 0.0}
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": statistics.median(values), "iqr": q3 - q1}
+
+
+@torch.no_grad()
+def interleaved(runners: dict, x: torch.Tensor, rounds: int, iters: int) -> dict:
+    """Per variant: every timed call (ms/image) and each round's median."""
+    names = list(runners)
+    out = {n: {"samples": [], "rounds_ms": []} for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            runners[name](x)
+            times = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                runners[name](x)
+                times.append((time.perf_counter() - t0) * 1000.0 / x.shape[0])
+            out[name]["samples"].extend(times)
+            out[name]["rounds_ms"].append(statistics.median(times))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--iters", type=int, default=3, help="timed calls per variant per round")
+    parser.add_argument("--calib", type=int, default=32, help="calibration images")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS[1:], default=list(VARIANTS[1:4]), metavar="V"
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/x86_int8_attention.json"))
+    args = parser.parse_args(argv)
+
+    from vitquant.data import load_data
+    from vitquant.quant.lowered import native_bf16
+    from vitquant.registry import get_spec
+
+    if not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        print("torchao's int8 attention kernel is generated for AMX CPUs only; this one has none.")
+        return 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    spec = get_spec(DEIT)
+    model = spec.build(spec.num_classes or 1000).eval()
+    bundle = load_data("cifar10", val=0, calib=args.calib, limit=32)
+    calib = [b[0] for b in bundle.batches("calib", spec, batch_size=8)]
+    x32 = next(bundle.batches("test", spec, batch_size=32))[0]
+    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    plain = convert(model, calib, int8_matmul=False)
+    fused = convert(with_int8_attention_layout(model, tokens), calib, int8_matmul=True)
+    make = {
+        "fp32-eager": lambda: model,
+        "x86-bf16": lambda: Runner(plain, bf16=True, qsdpa=False),
+        "x86-int8-attention": lambda: Runner(fused, bf16=False, qsdpa=True),
+        "x86-int8-attention-bf16": lambda: Runner(copy.deepcopy(fused), bf16=True, qsdpa=True),
+        "x86-bf16-cpp-wrapper": lambda: Runner(
+            copy.deepcopy(plain), bf16=True, qsdpa=False, cpp_wrapper=True
+        ),
+        "x86-int8-attention-bf16-cpp-wrapper": lambda: Runner(
+            copy.deepcopy(fused), bf16=True, qsdpa=True, cpp_wrapper=True
+        ),
+    }
+    runners = {name: make[name]() for name in ["fp32-eager", *args.variants]}
+    doc: dict = {
+        "benchmark": "x86_int8_attention",
+        "model": DEIT,
+        "machine": {
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(),
+            "amx": True,
+        },
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "iters": args.iters,
+        "versions": {"torch": torch.__version__},
+        "variants": {},
+    }
+    with torch.no_grad():
+        ref = model(x32)
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            for b in (1, 32):
+                fn(x32[:b])  # compile both shapes before timing
+            out = fn(x32).float()
+            noise = (ref - out).pow(2).sum()
+            sqnr = None if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
+            doc["variants"][name] = {
+                "warmup_seconds": time.perf_counter() - start,
+                "logit_sqnr_db": sqnr,
+                "fused_attention_blocks": getattr(fn, "fused", None),
+                "batches": {},
+            }
+            print(f"{name}: compiled/warmed in {time.perf_counter() - start:.0f} s", flush=True)
+    for b in (1, 32):
+        timed = interleaved(runners, x32[:b], args.repeats, args.iters)
+        eager = timed["fp32-eager"]["rounds_ms"]
+        for name, t in timed.items():
+            ratios = [e / m for e, m in zip(eager, t["rounds_ms"], strict=True)]
+            lat = median_iqr(t["samples"])
+            doc["variants"][name]["batches"][str(b)] = {
+                "ms_per_image": lat["median"],
+                "iqr_ms": lat["iqr"],
+                "speedup_vs_fp32_eager": median_iqr(ratios),
+                "rounds_ms": t["rounds_ms"],
+            }
+    for name, v in doc["variants"].items():
+        cells = [
+            f"b{b} {v['batches'][str(b)]['ms_per_image']:.2f} ms "
+            f"({v['batches'][str(b)]['speedup_vs_fp32_eager']['median']:.2f}x)"
+            for b in (1, 32)
+        ]
+        print(name, *cells, f"SQNR {v['logit_sqnr_db']}", f"fused {v['fused_attention_blocks']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
