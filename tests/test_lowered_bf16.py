@@ -60,3 +60,19 @@ def test_bf16_lowering_rounds_the_float_ops_but_keeps_the_predictions(digits_mod
     assert sqnr_db(fp32.numpy(), bf16.numpy()) > 25.0
     agree = np.mean(bf16.argmax(1).numpy() == fp32.argmax(1).numpy())
     assert agree >= 0.95
+
+
+def test_cpp_wrapper_lowering_gives_the_python_wrappers_logits(digits_models, monkeypatch):
+    """``--x86-cpp-wrapper`` changes how inductor calls the kernels, not which: the logits match
+    the Python wrapper's, and the row says which wrapper was timed."""
+    digits = load_data("digits")
+    cnn = load_model("digits_cnn")
+    qm = quantize_static(cnn.model, digits, cnn.spec)
+    x, _ = next(digits.batches("test", cnn.spec, batch_size=32))
+    backend = get_backend("x86")
+    monkeypatch.setattr(backend, "cpp_wrapper", True)
+    monkeypatch.setattr(backend, "float_ops", "fp32")
+    lowered = backend.lower(qm.module, probe=x)
+    assert not lowered.simulated and "C++ wrapper" in lowered.extra["timed"]
+    python_wrapper = LoweredModel(qm, float_ops="fp32")(x)
+    torch.testing.assert_close(lowered.runner(x), python_wrapper, atol=1e-4, rtol=1e-4)

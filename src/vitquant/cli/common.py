@@ -104,9 +104,11 @@ def save_result(directory: Path, command: str, payload: dict) -> Path:
     return write_json(directory / f"{command}.json", {"command": invocation(), **payload})
 
 
-def use_x86_float(value) -> None:
-    """Set the x86 backend's ``float_ops`` for this process (``--x86-float``: a choice of
-    ``options.X86Float``, so typer has already refused anything else)."""
+def use_x86_lowering(float_ops, cpp_wrapper: bool = False) -> None:
+    """Set how this process lowers x86 int8 graphs (``--x86-float``, a choice of
+    ``options.X86Float`` that typer has already checked, and ``--x86-cpp-wrapper``)."""
     from vitquant.quant.backends import get_backend
 
-    get_backend("x86").float_ops = getattr(value, "value", value)
+    backend = get_backend("x86")
+    backend.float_ops = getattr(float_ops, "value", float_ops)
+    backend.cpp_wrapper = cpp_wrapper

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vitquant.cli.app import app, console
-from vitquant.cli.common import model_and_data, prepare_out, save_result, use_x86_float
+from vitquant.cli.common import model_and_data, prepare_out, save_result, use_x86_lowering
 from vitquant.cli.options import (
     MAX_DROP,
     PER_CHANNEL,
@@ -45,6 +45,7 @@ from vitquant.cli.options import (
     VerboseOpt,
     VitMethodsOpt,
     WBitsOpt,
+    X86CppWrapperOpt,
     X86Float,
     X86FloatOpt,
 )
@@ -93,6 +94,7 @@ def pipeline(
     ] = None,
     lower: LowerOpt = True,
     x86_float: X86FloatOpt = X86Float.auto,
+    x86_cpp_wrapper: X86CppWrapperOpt = False,
     wbits: WBitsOpt = 8,
     abits: ABitsOpt = 8,
     bits: BitsRuleOpt = None,
@@ -116,7 +118,7 @@ def pipeline(
     else the smallest file, then the most int8 layers; a simulated (emulated int8) variant only
     when nothing executed meets the budget; if none meets it, the most accurate on val.
     """
-    use_x86_float(x86_float)
+    use_x86_lowering(x86_float, x86_cpp_wrapper)
     if force_qat and not qat:
         raise VitquantError("--force-qat and --no-qat contradict each other: pass one of them.")
     from vitquant.cli.quantize_cmd import lowbit_setting

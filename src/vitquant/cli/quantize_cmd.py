@@ -14,7 +14,7 @@ from vitquant.cli.common import (
     model_and_data,
     prepare_out,
     save_result,
-    use_x86_float,
+    use_x86_lowering,
 )
 from vitquant.cli.options import (
     MAX_DROP,
@@ -57,6 +57,7 @@ from vitquant.cli.options import (
     WBitsOpt,
     WSizeOpt,
     WSpeedOpt,
+    X86CppWrapperOpt,
     X86Float,
     X86FloatOpt,
 )
@@ -179,6 +180,7 @@ def quantize(
     openvino: OpenVinoOpt = False,
     lower: LowerOpt = True,
     x86_float: X86FloatOpt = X86Float.auto,
+    x86_cpp_wrapper: X86CppWrapperOpt = False,
     x86_int8_attention: Annotated[
         bool,
         typer.Option(
@@ -203,7 +205,7 @@ def quantize(
     and the recipe (the methods that help on val), all simulated, plus the per-point error
     table (SQNR, accuracy impact, outlier %) and its rank correlations.
     """
-    use_x86_float(x86_float)
+    use_x86_lowering(x86_float, x86_cpp_wrapper)
     from vitquant.quant.configs import DynamicPTQ, StaticPTQ
     from vitquant.quant.run import QuantizeJob, run_variants
     from vitquant.quant.scope import IgnoreScope
@@ -373,6 +375,7 @@ def bench(
     seed: SeedOpt = 0,
     lower: LowerOpt = True,
     x86_float: X86FloatOpt = X86Float.auto,
+    x86_cpp_wrapper: X86CppWrapperOpt = False,
     latency_batch: LatencyBatchOpt = 1,
     threads: ThreadsOpt = None,
     w_acc: WAccOpt = 1.0,
@@ -383,7 +386,7 @@ def bench(
     verbose: VerboseOpt = False,
 ) -> None:
     """Re-measure the saved variants of a quantize run (accuracy, size, latency) -> bench.json."""
-    use_x86_float(x86_float)
+    use_x86_lowering(x86_float, x86_cpp_wrapper)
     from vitquant.data import check_compatible, load_data
     from vitquant.quant.bench import bench_rows
     from vitquant.registry import get_spec

@@ -100,6 +100,8 @@ class X86Backend(Backend):
     #: precision of the operators left in float when lowered (``lowered.FLOAT_OPS``); the CLI's
     #: ``--x86-float`` sets it for the process.
     float_ops = "auto"
+    #: compile with inductor's C++ wrapper (``--x86-cpp-wrapper``)
+    cpp_wrapper = False
 
     def make_quantizer(self, ignore: list[str], *, default_bits=None, layer_bits=None, **options):
         """torchao's ``X86InductorQuantizer`` with ``quantization_config(**options)``; ``ignore``
@@ -140,10 +142,12 @@ class X86Backend(Backend):
         from vitquant.quant.lowered import LoweredModel
 
         try:
-            lowered = LoweredModel(graph, float_ops=self.float_ops)
+            lowered = LoweredModel(graph, float_ops=self.float_ops, cpp_wrapper=self.cpp_wrapper)
             timed = "inductor-lowered int8"
             if lowered.float_ops == "bf16":
                 timed += ", float ops in bf16"
+            if self.cpp_wrapper:
+                timed += ", C++ wrapper"
             extra: dict = {"timed": timed, "float_ops": lowered.float_ops}
             if probe is not None:
                 with torch.no_grad():
