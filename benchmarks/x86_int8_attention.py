@@ -17,16 +17,11 @@ x86-int8-attention-bf16          the same, the remaining float operators in bf16
 ...-cpp-wrapper                  the two bf16 variants with inductor's ``cpp_wrapper``
 ================================ ===========================================================
 
-Why it is a benchmark and not a vitquant path (hand-written pieces, with their reason):
-
-- The fusion matches one graph layout only (q, k, v reshaped and permuted; ``q @ k^T * scale``
-  plus a mask; softmax; ``@ v``; permute and contiguous), not timm's (the scale on ``q``, one
-  reshape for q, k and v). ``int8_attention_forward`` computes timm's attention in that layout.
-- Its patterns predate torch 2.14's rewrite of ``softmax(x * scale)``, which now inserts an
-  inf guard (``where``) that the patterns do not expect. Adding a zero float mask to the scores
-  keeps that rewrite off, so the masked pattern matches (``fused`` counts the fused blocks).
-- Its kernel is a C++ template that inductor generates for AMX only (the torchao wheel carries
-  no prebuilt CPU kernel), so it exists on AMX CPUs only; elsewhere the script says so and stops.
+The int8-attention variants are ``StaticPTQ(int8_attention=True)``'s recipe, built here
+step by step so each piece can be timed apart: the attention layout and the fusion pass come from
+``vitquant.quant.x86_attention`` (whose docstring says why they are hand-written), the quantizer
+from ``vitquant.quant.pt2e.make_quantizer(int8_matmul=True)``. ``fused`` counts the attention
+blocks inductor fused. The kernel exists on AMX CPUs only; elsewhere the script says so and stops.
 
 Timing: ``--repeats`` rounds round-robin over the variants (start rotated), one untimed and
 ``--iters`` timed calls each, at batch 1 and 32, 2 threads; speedups are the median (and IQR) of
@@ -48,7 +43,6 @@ import json
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -64,33 +58,14 @@ VARIANTS = (
 )
 
 
-def int8_attention_forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False):
-    """timm ``Attention.forward`` (no mask, no q/k norm, no gate) in the layout torchao's qsdpa
-    fusion matches: per-head q, k, v from the ``qkv`` output, ``q @ k^T * scale + zero_mask``,
-    softmax, ``@ v``, heads merged. Same math as timm's, up to float rounding."""
-    b, n, c = x.shape
-    q, k, v = self.qkv(x).chunk(3, dim=-1)
-    heads = (b, n, self.num_heads, self.head_dim)
-    q, k, v = (t.reshape(heads).permute(0, 2, 1, 3) for t in (q, k, v))
-    scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + self.zero_mask
-    out = torch.matmul(scores.softmax(dim=-1), v)
-    return self.proj(out.permute(0, 2, 1, 3).contiguous().reshape(b, n, c))
-
-
-def with_int8_attention_layout(model: torch.nn.Module, tokens: int) -> torch.nn.Module:
-    """A copy of ``model`` whose timm attention blocks use ``int8_attention_forward``."""
-    from timm.models.vision_transformer import Attention
+def with_int8_attention_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose timm attention blocks use the fused kernel's layout."""
+    from vitquant.quant import x86_attention
 
     model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, Attention):
-            norms = [getattr(module, n, None) for n in ("q_norm", "k_norm", "norm")]
-            if any(m is not None and not isinstance(m, torch.nn.Identity) for m in norms):
-                raise SystemExit("this script covers plain timm attention (no q/k norm)")
-            if getattr(module, "gate", None) is not None:
-                raise SystemExit("this script covers plain timm attention (no gate)")
-            module.register_buffer("zero_mask", torch.zeros(1, 1, 1, tokens))
-            module.forward = types.MethodType(int8_attention_forward, module)
+    tokens = x86_attention.token_count(model)
+    if not tokens or not x86_attention.use_int8_attention_layout(model, tokens):
+        raise SystemExit("no plain timm attention block to put in the int8 layout")
     return model
 
 
@@ -100,14 +75,9 @@ def convert(model, calib: list[torch.Tensor], *, int8_matmul: bool):
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from vitquant.quant.backends import get_backend
-    from vitquant.quant.pt2e import export_model
+    from vitquant.quant.pt2e import export_model, make_quantizer
 
-    quantizer = get_backend("x86").make_quantizer([])
-    if int8_matmul:
-        quantizer.set_function_type_qconfig(
-            torch.matmul, quantizer.get_global_quantization_config()
-        )
+    quantizer = make_quantizer(backend="x86", int8_matmul=int8_matmul)
     prepared = prepare_pt2e(export_model(model, calib[0]), quantizer)
     with torch.no_grad():
         for batch in calib:
@@ -122,15 +92,12 @@ class Runner:
     static graph per batch size, called under bf16 autocast when ``bf16``."""
 
     def __init__(self, graph, *, bf16: bool, qsdpa: bool, cpp_wrapper: bool = False) -> None:
-        import torch._inductor.config as inductor_config
 
         self.patch = {"freezing": True, "cpp_wrapper": cpp_wrapper}
         if qsdpa:
-            from torchao.prototype.inductor.fx_passes.qsdpa_fusion import _qsdpa_init, custom_pass
+            from vitquant.quant import x86_attention
 
-            with inductor_config.patch(post_grad_custom_pre_pass=custom_pass):
-                _qsdpa_init()  # registers the patterns into the pass dict in force
-            self.patch["post_grad_custom_pre_pass"] = custom_pass
+            self.patch.update(x86_attention.inductor_patch())
         self.bf16, self.fused = bf16, {}
         self.compiled = torch.compile(graph, backend="inductor", dynamic=False)
 
@@ -188,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from vitquant.data import load_data
+    from vitquant.quant import x86_attention
     from vitquant.quant.lowered import native_bf16
     from vitquant.registry import get_spec
 
-    if not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+    if not x86_attention.available():
         print("torchao's int8 attention kernel is generated for AMX CPUs only; this one has none.")
         return 2
     torch.set_num_threads(args.threads)
@@ -201,9 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_data("cifar10", val=0, calib=args.calib, limit=32)
     calib = [b[0] for b in bundle.batches("calib", spec, batch_size=8)]
     x32 = next(bundle.batches("test", spec, batch_size=32))[0]
-    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
     plain = convert(model, calib, int8_matmul=False)
-    fused = convert(with_int8_attention_layout(model, tokens), calib, int8_matmul=True)
+    fused = convert(with_int8_attention_layout(model), calib, int8_matmul=True)
     make = {
         "fp32-eager": lambda: model,
         "x86-bf16": lambda: Runner(plain, bf16=True, qsdpa=False),

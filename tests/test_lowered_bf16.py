@@ -50,7 +50,7 @@ def test_bf16_lowering_rounds_the_float_ops_but_keeps_the_predictions(digits_mod
     x, _ = next(digits.batches("test", vit.spec, batch_size=32))
     backend = get_backend("x86")
     assert backend.float_ops == "auto"
-    lowered = backend.lower(qm.module, probe=x)
+    lowered = backend.lower(qm.module)  # compiles on its first call
     assert not lowered.simulated and lowered.extra["float_ops"] == "bf16"
     assert "bf16" in lowered.extra["timed"]
     fp32 = LoweredModel(qm, float_ops="fp32")(x)
@@ -72,7 +72,7 @@ def test_cpp_wrapper_lowering_gives_the_python_wrappers_logits(digits_models, mo
     backend = get_backend("x86")
     monkeypatch.setattr(backend, "cpp_wrapper", True)
     monkeypatch.setattr(backend, "float_ops", "fp32")
-    lowered = backend.lower(qm.module, probe=x)
+    lowered = backend.lower(qm.module)  # compiles on its first call
     assert not lowered.simulated and "C++ wrapper" in lowered.extra["timed"]
     python_wrapper = LoweredModel(qm, float_ops="fp32")(x)
     torch.testing.assert_close(lowered.runner(x), python_wrapper, atol=1e-4, rtol=1e-4)
