@@ -4,6 +4,9 @@ every attention block into torchao's int8 kernel without changing the prediction
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +65,27 @@ def test_every_attention_block_fuses_and_predictions_hold(digits_models):
     agree = np.mean(lowered.argmax(1).numpy() == eager.argmax(1).numpy())
     assert agree >= 0.95
     assert sqnr_db(ref.numpy(), lowered.numpy()) > 15.0
+
+
+def test_the_pipeline_hands_int8_attention_to_its_static_variants(tmp_path):
+    from pathlib import Path
+
+    from vitquant.pipeline import PipelineConfig
+    from vitquant.pipeline.context import Context
+
+    cfg = PipelineConfig(int8_attention=True)
+    ctx = Context(torch.nn.Linear(2, 2), None, None, cfg, Path("."), None, None)
+    assert ctx.static_cfg.int8_attention is True
+    assert Context(
+        torch.nn.Linear(2, 2), None, None, PipelineConfig(), Path("."), None, None
+    ).static_cfg == (StaticPTQ(observer=None))
+    args = ["pipeline", "digits_vit", "--quantizer", "xnnpack", "--x86-int8-attention"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitquant", *args, "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--x86-int8-attention needs the x86 quantizer" in proc.stderr
+    assert not (tmp_path / "run").exists()

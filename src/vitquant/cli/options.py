@@ -232,6 +232,14 @@ X86FloatOpt = Annotated[
         "else fp32.",
     ),
 ]
+X86Int8AttnOpt = Annotated[
+    bool,
+    typer.Option(
+        help="x86 static: also quantize timm attention's q@k^T and attn@v and lower each "
+        "block to torchao's fused int8 attention kernel (AMX CPUs; elsewhere the matmuls "
+        "run as quantize/dequantize around float ones)."
+    ),
+]
 X86CppWrapperOpt = Annotated[
     bool,
     typer.Option(

@@ -48,6 +48,7 @@ from vitquant.cli.options import (
     X86CppWrapperOpt,
     X86Float,
     X86FloatOpt,
+    X86Int8AttnOpt,
 )
 from vitquant.errors import VitquantError
 from vitquant.evaluate import set_threads
@@ -95,6 +96,7 @@ def pipeline(
     lower: LowerOpt = True,
     x86_float: X86FloatOpt = X86Float.auto,
     x86_cpp_wrapper: X86CppWrapperOpt = False,
+    x86_int8_attention: X86Int8AttnOpt = False,
     wbits: WBitsOpt = 8,
     abits: ABitsOpt = 8,
     bits: BitsRuleOpt = None,
@@ -149,6 +151,7 @@ def pipeline(
         force_qat=force_qat,
         sensitivity_limit=sensitivity_limit,
         lower=lower,
+        int8_attention=x86_int8_attention,
         qat=qat,
         lowbit=lowbit,
         vit_methods=methods,

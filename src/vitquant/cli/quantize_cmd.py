@@ -60,6 +60,7 @@ from vitquant.cli.options import (
     X86CppWrapperOpt,
     X86Float,
     X86FloatOpt,
+    X86Int8AttnOpt,
 )
 from vitquant.errors import VitquantError
 from vitquant.io import check_writable, write_text
@@ -181,14 +182,7 @@ def quantize(
     lower: LowerOpt = True,
     x86_float: X86FloatOpt = X86Float.auto,
     x86_cpp_wrapper: X86CppWrapperOpt = False,
-    x86_int8_attention: Annotated[
-        bool,
-        typer.Option(
-            help="x86 static: also quantize timm attention's q@k^T and attn@v and lower each "
-            "block to torchao's fused int8 attention kernel (AMX CPUs; elsewhere the matmuls "
-            "run as quantize/dequantize around float ones)."
-        ),
-    ] = False,
+    x86_int8_attention: X86Int8AttnOpt = False,
     latency_batch: LatencyBatchOpt = 1,
     threads: ThreadsOpt = None,
     w_acc: WAccOpt = 1.0,

@@ -38,6 +38,9 @@ class PipelineConfig:
             model, the int8 kernels that deploy (else the eager emulation is measured and the
             rows say ``simulated``; a ``simulated`` row never wins the final choice on speed
             or size).
+        int8_attention: x86 static variants also quantize the attention matmuls, fused into
+            torchao's int8 attention kernel on AMX CPUs (``StaticPTQ.int8_attention``; the QAT
+            branch keeps float attention matmuls).
         qat: False skips the QAT branch whatever the drop (``--no-qat``); the skip is recorded.
         lowbit: a low-bit target setting (``vitquant.quant.lowbit.LowBitPTQ``: W/A bits below 8,
             quantized attention or LayerNorm); None: int8 of the Linear/Conv layers. With a
@@ -62,6 +65,7 @@ class PipelineConfig:
     force_qat: bool = False
     sensitivity_limit: int | None = None
     lower: bool = True
+    int8_attention: bool = False
     ranking: str = "auto"
     search: str = "bisect"
     qat: bool = True
@@ -77,6 +81,11 @@ class PipelineConfig:
             raise VitquantError(f"ranking {self.ranking!r}: use auto, sensitivity or sqnr.")
         if self.search not in ("bisect", "linear"):
             raise VitquantError(f"search {self.search!r}: use bisect or linear.")
+        if self.int8_attention and self.backend != "x86":
+            raise VitquantError(
+                f"--x86-int8-attention needs the x86 quantizer, not {self.backend!r}: drop it "
+                "or use --quantizer x86."
+            )
 
 
 # The end-to-end sensitivity ranking is used when its estimated cost is at most this.

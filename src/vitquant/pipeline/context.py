@@ -95,7 +95,12 @@ class Context:
         from vitquant.quant.configs import StaticPTQ
 
         cfg = self.cfg
-        return StaticPTQ(backend=cfg.backend, per_channel=cfg.per_channel, observer=cfg.observer)
+        return StaticPTQ(
+            backend=cfg.backend,
+            per_channel=cfg.per_channel,
+            observer=cfg.observer,
+            int8_attention=cfg.int8_attention,
+        )
 
     @property
     def fp32(self) -> ResultRow:
