@@ -20,13 +20,15 @@ x86-int8-attention-bf16          the same, the remaining float operators in bf16
 The int8-attention variants are ``StaticPTQ(int8_attention=True)``'s recipe, built here
 step by step so each piece can be timed apart: the attention layout and the fusion pass come from
 ``vitquant.quant.x86_attention`` (whose docstring says why they are hand-written), the quantizer
-from ``vitquant.quant.pt2e.make_quantizer(int8_matmul=True)``. ``fused`` counts the attention
-blocks inductor fused. The kernel exists on AMX CPUs only; elsewhere the script says so and stops.
+from ``vitquant.quant.pt2e.make_quantizer(int8_matmul=True)``; every graph runs in vitquant's
+own ``LoweredModel``. ``fused`` counts the attention blocks inductor fused. The kernel exists
+on AMX CPUs only; elsewhere the script says so and stops.
 
-Timing: ``--repeats`` rounds round-robin over the variants (start rotated), one untimed and
-``--iters`` timed calls each, at batch 1 and 32, 2 threads; speedups are the median (and IQR) of
-per-round ratios. Agreement: logit SQNR against fp32 eager on a batch of CIFAR-10 test images
-through DeiT-S's eval transform (random weights: the hubs are offline, so no accuracy).
+Timing (``deit_s_cpu.interleaved``): ``--repeats`` rounds round-robin over the variants (start
+rotated), one untimed and ``--iters`` timed calls each, at batch 1 and 32, 2 threads; speedups
+are the median (and IQR) of per-round ratios. Agreement: logit SQNR against fp32 eager on a
+batch of CIFAR-10 test images through DeiT-S's eval transform (random weights: the hubs are
+offline, so no accuracy).
 
     python benchmarks/x86_int8_attention.py            # ~10 min alone on 2 cores
     python benchmarks/x86_int8_attention.py --variants x86-bf16-cpp-wrapper \
@@ -40,14 +42,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from deit_s_cpu import DEIT, interleaved, median_iqr  # same folder: one timing method
 
-DEIT = "timm:deit_small_patch16_224"
 VARIANTS = (
     "fp32-eager",
     "x86-bf16",
@@ -87,61 +88,6 @@ def convert(model, calib: list[torch.Tensor], *, int8_matmul: bool):
     return converted
 
 
-class Runner:
-    """A converted graph compiled by inductor (``freezing``, optionally the qsdpa pass), one
-    static graph per batch size, called under bf16 autocast when ``bf16``."""
-
-    def __init__(self, graph, *, bf16: bool, qsdpa: bool, cpp_wrapper: bool = False) -> None:
-
-        self.patch = {"freezing": True, "cpp_wrapper": cpp_wrapper}
-        if qsdpa:
-            from vitquant.quant import x86_attention
-
-            self.patch.update(x86_attention.inductor_patch())
-        self.bf16, self.fused = bf16, {}
-        self.compiled = torch.compile(graph, backend="inductor", dynamic=False)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config as inductor_config
-        from torch._dynamo.utils import counters
-
-        first = x.shape[0] not in self.fused
-        if first:
-            counters.clear()
-        with inductor_config.patch(**self.patch):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                out = self.compiled(x).float()
-        if first:
-            self.fused[x.shape[0]] = int(counters["inductor"].get("qsdpa_fuse_attention", 0))
-        return out
-
-
-def median_iqr(values: list[float]) -> dict:
-    if len(values) < 2:
-        return {"median": values[0], "iqr": 0.0}
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return {"median": statistics.median(values), "iqr": q3 - q1}
-
-
-@torch.no_grad()
-def interleaved(runners: dict, x: torch.Tensor, rounds: int, iters: int) -> dict:
-    """Per variant: every timed call (ms/image) and each round's median."""
-    names = list(runners)
-    out = {n: {"samples": [], "rounds_ms": []} for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            runners[name](x)
-            times = []
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                runners[name](x)
-                times.append((time.perf_counter() - t0) * 1000.0 / x.shape[0])
-            out[name]["samples"].extend(times)
-            out[name]["rounds_ms"].append(statistics.median(times))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
@@ -154,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/x86_int8_attention.json"))
     args = parser.parse_args(argv)
 
+    from torch._dynamo.utils import counters
+
     from vitquant.data import load_data
     from vitquant.quant import x86_attention
-    from vitquant.quant.lowered import native_bf16
+    from vitquant.quant.lowered import LoweredModel, native_bf16
     from vitquant.registry import get_spec
 
     if not x86_attention.available():
@@ -171,17 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     x32 = next(bundle.batches("test", spec, batch_size=32))[0]
     plain = convert(model, calib, int8_matmul=False)
     fused = convert(with_int8_attention_layout(model), calib, int8_matmul=True)
+
+    def lowered(graph, float_ops: str, cpp_wrapper: bool = False):
+        # vitquant's own runner: the fusion pass is on wherever available(), which is a no-op
+        # for a graph without int8 attention blocks
+        return LoweredModel(copy.deepcopy(graph), float_ops=float_ops, cpp_wrapper=cpp_wrapper)
+
     make = {
         "fp32-eager": lambda: model,
-        "x86-bf16": lambda: Runner(plain, bf16=True, qsdpa=False),
-        "x86-int8-attention": lambda: Runner(fused, bf16=False, qsdpa=True),
-        "x86-int8-attention-bf16": lambda: Runner(copy.deepcopy(fused), bf16=True, qsdpa=True),
-        "x86-bf16-cpp-wrapper": lambda: Runner(
-            copy.deepcopy(plain), bf16=True, qsdpa=False, cpp_wrapper=True
-        ),
-        "x86-int8-attention-bf16-cpp-wrapper": lambda: Runner(
-            copy.deepcopy(fused), bf16=True, qsdpa=True, cpp_wrapper=True
-        ),
+        "x86-bf16": lambda: lowered(plain, "bf16"),
+        "x86-int8-attention": lambda: lowered(fused, "fp32"),
+        "x86-int8-attention-bf16": lambda: lowered(fused, "bf16"),
+        "x86-bf16-cpp-wrapper": lambda: lowered(plain, "bf16", cpp_wrapper=True),
+        "x86-int8-attention-bf16-cpp-wrapper": lambda: lowered(fused, "bf16", cpp_wrapper=True),
     }
     runners = {name: make[name]() for name in ["fp32-eager", *args.variants]}
     doc: dict = {
@@ -201,21 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         ref = model(x32)
         for name, fn in runners.items():
-            start = time.perf_counter()
-            for b in (1, 32):
-                fn(x32[:b])  # compile both shapes before timing
+            start, fused_blocks = time.perf_counter(), {}
+            for b in (1, 32):  # compile both shapes before timing, counting fused blocks
+                counters.clear()
+                fn(x32[:b])
+                fused_blocks[b] = int(counters["inductor"].get("qsdpa_fuse_attention", 0))
             out = fn(x32).float()
             noise = (ref - out).pow(2).sum()
             sqnr = None if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
             doc["variants"][name] = {
                 "warmup_seconds": time.perf_counter() - start,
                 "logit_sqnr_db": sqnr,
-                "fused_attention_blocks": getattr(fn, "fused", None),
+                "fused_attention_blocks": None if fn is model else fused_blocks,
                 "batches": {},
             }
             print(f"{name}: compiled/warmed in {time.perf_counter() - start:.0f} s", flush=True)
     for b in (1, 32):
-        timed = interleaved(runners, x32[:b], args.repeats, args.iters)
+        timed = interleaved(
+            runners, x32[:b], rounds=args.repeats, iters=args.iters, label=f"batch {b}"
+        )
         eager = timed["fp32-eager"]["rounds_ms"]
         for name, t in timed.items():
             ratios = [e / m for e, m in zip(eager, t["rounds_ms"], strict=True)]
