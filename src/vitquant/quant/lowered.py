@@ -89,18 +89,23 @@ class LoweredModel:
         self.chunk = chunk
         self.float_ops = resolve_float_ops(float_ops)
         self.compiled = lower(self.graph)
+        # inductor settings in force while a shape compiles (its first call only)
         self.patch = x86_attention.inductor_patch()  # fuses int8 attention blocks, if any
-        self.cpp_wrapper = cpp_wrapper
         if cpp_wrapper:
             self.patch["cpp_wrapper"] = True
+        self.compiled_shapes: set[torch.Size] = set()
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        import contextlib
+
         import torch._inductor.config as inductor_config
 
         bf16 = self.float_ops == "bf16"
-        with inductor_config.patch(self.patch):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = self.compiled(x)
+        compiling = x.shape not in self.compiled_shapes
+        patch = inductor_config.patch(self.patch) if compiling else contextlib.nullcontext()
+        with patch, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = self.compiled(x)
+        self.compiled_shapes.add(x.shape)
         return out.float() if bf16 else out
 
     @torch.no_grad()
