@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from vitquant.analysis.kernels import batch_summary, split_batch
-from vitquant.analysis.keys import BUCKETS, sortable_keys
+from vitquant.analysis.kernels import SKIP, SURE, batch_summary, route_batch
+from vitquant.analysis.keys import BUCKETS, RAW_OF_BUCKET, bucket_of, sortable_keys
+from vitquant.analysis.merges import RankSample
+from vitquant.analysis.radix import Refinement
 
 
 def _data(shape, loc=0.0, scale=1.0, seed=0):
@@ -48,43 +50,54 @@ def test_batch_summary_of_a_non_contiguous_tensor():
     np.testing.assert_array_equal(hi, x.numpy().max(axis=(0, 1)))
 
 
-def test_split_batch_equals_table_lookup():
-    x = torch.cat([_data((400,)), torch.tensor([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45])])
-    rng = np.random.default_rng(1)
-    table = rng.choice(np.array([0, 1, 2], np.uint8), BUCKETS, p=[0.6, 0.2, 0.2])
-    table[[0x0000, 0x8000, 0x7F80, 0xFF80]] = 2  # +0, -0, +inf, -inf kept
-    sure, keys = split_batch(x, table)
-    raw = x.numpy().view(np.uint32) >> 16
-    cls = table[raw]
-    np.testing.assert_array_equal(sure.numpy(), x.numpy()[cls == 1])
-    np.testing.assert_array_equal(keys.numpy(), sortable_keys(x[torch.from_numpy(cls == 2)]))
-    assert keys.dtype == torch.int32
+def _routing(x: torch.Tensor, chosen: list[int], sure: list[int], size: int):
+    """A refinement over ``chosen`` buckets (counts from ``x``), route_batch's table with the
+    ``sure`` buckets and its busy mask, and a rank sample of ``size`` of the sure values."""
+    counts = torch.bincount(bucket_of(sortable_keys(x)).long(), minlength=BUCKETS)
+    refine = Refinement(torch.cumsum(counts, 0), set(chosen))
+    table = np.full(BUCKETS, SKIP, np.int32)
+    table[RAW_OF_BUCKET[sure].numpy()] = SURE
+    table[RAW_OF_BUCKET[sorted(chosen)].numpy()] = np.arange(len(chosen), dtype=np.int32)
+    sample = RankSample(int(counts[sure].sum()), size, np.random.default_rng(0))
+    return refine, table, (table != SKIP).astype(np.uint8), sample
 
 
-def test_any_thread_count_gives_the_same_bits(monkeypatch):
-    """The batch is cut into parts by size alone, so 1, 2 or 3 threads give the same histogram,
-    extremes and order, and bit-identical float64 sums (added in part order)."""
-    from vitquant.analysis import kernels
+def test_route_batch_equals_numpy():
+    """Kept low bits (a buffer in stream order, a dense histogram) and the sampled sure values
+    equal a NumPy selection, whatever the batches the stream is cut into."""
+    crowd = 1.0 + 0.007 * torch.rand(70_000, generator=torch.Generator().manual_seed(0))
+    special = torch.tensor([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45])
+    x = torch.cat([_data((3000,)), crowd, special])[torch.randperm(73_006)]
+    buckets = bucket_of(sortable_keys(x)).numpy()
+    busy, n = np.unique(buckets, return_counts=True)
+    chosen = [int(busy[np.argmax(n)]), *(int(b) for b in busy[n < 5][:6])]  # one dense bucket
+    sure = [int(b) for b in busy[n < 5][6:]]
+    refine, table, busy, sample = _routing(x, chosen, sure, size=25)
+    for part in (x[:30_000], x[30_000:30_001], x[30_001:]):
+        assert route_batch(part, table, busy, sample, refine) == -1
+    low = (sortable_keys(x) & 0xFFFF).numpy()
+    for b, slot in refine.slots.items():
+        assert slot.fill == slot.count == int((buckets == b).sum())
+        mine = low[buckets == b]
+        if slot.dense:
+            np.testing.assert_array_equal(slot.data.numpy(), np.bincount(mine, minlength=BUCKETS))
+        else:
+            np.testing.assert_array_equal(slot.data.numpy(), mine)  # in stream order
+    assert any(s.dense for s in refine.slots.values())
+    sure_values = x.numpy()[np.isin(buckets, sure)]
+    assert sample.seen == sample.total == len(sure_values) > 25
+    np.testing.assert_array_equal(sample.values(), sure_values[sample.picks])
 
-    x = _data((70, 31, 64), seed=5)  # 139k values: two parts
-    assert kernels._parts(x.numel()) == 2
-    table = np.random.default_rng(2).choice(np.array([0, 1, 2], np.uint8), BUCKETS)
-    results = {}
-    for threads in (1, 2, 3):
-        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
-        hist = np.zeros(BUCKETS, np.int64)
-        summary = batch_summary(x, 2, 0.1, hist)
-        results[threads] = (hist, summary, split_batch(x, table))
-    h1, s1, (o1, k1) = results[1]
-    for threads in (2, 3):
-        h, s, (o, k) = results[threads]
-        np.testing.assert_array_equal(h1, h)
-        assert s1[0] == s[0] and s1[1] == s[1]  # exactly
-        np.testing.assert_array_equal(s1[2], s[2])
-        np.testing.assert_array_equal(s1[3], s[3])
-        assert torch.equal(o1, o) and torch.equal(k1, k)
+
+def test_route_batch_reports_more_values_than_counted():
+    """A value beyond a chosen bucket's pass-1 count (a nondeterministic model) is reported."""
+    x = torch.tensor([1.0, 1.0, 2.0])
+    refine, table, busy, sample = _routing(x, [int(bucket_of(sortable_keys(x[:1])))], [], size=4)
+    assert route_batch(x, table, busy, sample, refine) == -1
+    assert route_batch(x[:1], table, busy, sample, refine) == 0  # a third 1.0
 
 
-def test_split_of_an_empty_batch_is_empty():
-    sure, keys = split_batch(torch.empty(0, 4), np.full(BUCKETS, 2, np.uint8))
-    assert sure.shape == keys.shape == (0,)
+def test_route_of_an_empty_batch_changes_nothing():
+    refine, table, busy, sample = _routing(torch.tensor([1.0, 2.0]), [], [], size=4)
+    assert route_batch(torch.empty(0, 4), table, busy, sample, refine) == -1
+    assert sample.seen == 0 and len(sample.values()) == 0

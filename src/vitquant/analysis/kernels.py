@@ -2,25 +2,26 @@
 
 The statistics of ``vitquant.analysis.stats`` need, per batch and point, a histogram of the top
 16 bits, the sum and shifted sum of squares, and per-channel minima and maxima (pass 1), then
-the few values whose coarse bucket matters (pass 2). As separate tensor operations that is six
-passes over memory in pass 1 and four in pass 2, which cost ~5x the model's own forward on
-``cifar_vit`` (``benchmarks/analysis_cost.py``). These kernels read each value once per
-statistic in tight loops, without the GIL.
+the values of the few coarse buckets that matter and a sample of those sure to be outliers
+(pass 2). As separate tensor operations that is six passes over memory in pass 1 and four in
+pass 2, which cost ~5x the model's own forward on ``cifar_vit``
+(``benchmarks/analysis_cost.py``). These kernels read each value once per statistic in tight
+loops; pass 2 finds the few values it needs without a branch per value (``_busy``), then routes
+each straight into its bucket's storage.
 
 Hand-written because no library computes a radix histogram, float64 moments and per-channel
 extremes of a float32 tensor without temporaries the size of the tensor; Numba (a well-kept JIT
 for exactly this kind of loop) compiles them once per machine (``cache=True``).
-They are compiled single-threaded (Numba's parallel threading layers do not mix safely with
-PyTorch's OpenMP pool and forked DataLoader workers in one process) without the GIL, and a
-batch is split across ``torch.get_num_threads()`` plain Python threads instead. The split into
-parts depends only on the batch's size, never on the thread count, and the parts' float64 sums
-are added in part order: the statistics are the same bits with 1 thread or 16. Each kernel is
-tested against the PyTorch/NumPy computation it replaces (``tests/test_analysis_kernels.py``).
+
+One thread, on purpose. They run inside forward hooks, right after a PyTorch operator, while
+PyTorch's OpenMP workers still spin on the other cores: on the 2-core machine, splitting a
+batch across two Python threads made pass 1 slower (3.3 s against 2.3 s for one thread over
+``cifar_vit``'s 1.7 G values of 1,000 images). Numba's own parallel layers do not mix safely with
+that OpenMP pool and forked DataLoader workers in one process. Each kernel is tested against the
+PyTorch/NumPy computation it replaces (``tests/test_analysis_kernels.py``).
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -48,60 +49,82 @@ def _sums(values, shift):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _extremes(values, cmin, cmax):  # pragma: no cover - compiled
-    outer, channels, inner = values.shape
-    if inner == 1:  # channels last: vectorised across channels
-        for o in range(outer):
-            for c in range(channels):
-                v = values[o, c, 0]
-                if v < cmin[c]:
-                    cmin[c] = v
-                if v > cmax[c]:
-                    cmax[c] = v
-        return
+    # channels last (inner == 1): vectorised across channels
+    outer, channels, _ = values.shape
     for o in range(outer):
         for c in range(channels):
-            lo = cmin[c]
-            hi = cmax[c]
-            for i in range(inner):
-                v = values[o, c, i]
-                if v < lo:
-                    lo = v
-                if v > hi:
-                    hi = v
-            cmin[c] = lo
-            cmax[c] = hi
+            v = values[o, c, 0]
+            if v < cmin[c]:
+                cmin[c] = v
+            if v > cmax[c]:
+                cmax[c] = v
 
 
 def _pass1(values, bits, shift, hist, cmin, cmax):
     """Histogram, sums and extremes of one part: three tight loops (each vectorises, or keeps
     its stores in L1) are 2x faster here than one loop doing all three."""
     _histogram(bits.reshape(-1), hist)
-    _extremes(values, cmin, cmax)
+    if values.shape[2] == 1:
+        _extremes(values, cmin, cmax)
+    else:  # channels first (heads, NCHW): NumPy's SIMD reductions along the contiguous axis
+        np.fmin(cmin, np.fmin.reduce(np.fmin.reduce(values, axis=2), axis=0), out=cmin)
+        np.fmax(cmax, np.fmax.reduce(np.fmax.reduce(values, axis=2), axis=0), out=cmax)
     return _sums(values.reshape(-1), shift)
 
 
+SURE = -2  # route_batch's table: a value sure to be an outlier (sampled)
+SKIP = -1  # route_batch's table: a value no statistic of pass 2 needs
+
+
 @numba.njit(cache=True, nogil=True)
-def _pass2(values, bits, table):  # pragma: no cover - compiled
-    n = values.shape[0]
-    sure = np.empty(n, np.float32)
-    kept = np.empty(n, np.int32)
-    n_sure = 0
-    n_kept = 0
-    for i in range(n):
-        b = bits[i]
-        cls = table[b >> 16]
-        if cls == 1:
-            sure[n_sure] = values[i]
-            n_sure += 1
-        elif cls == 2:
-            # the order-preserving key (vitquant.analysis.keys.sortable_keys): the signed
-            # bits, with the 31 magnitude bits flipped for a negative float
-            k = np.int64(b)
-            if k >= 0x80000000:
-                k = (k - 0x100000000) ^ 0x7FFFFFFF
-            kept[n_kept] = k
-            n_kept += 1
-    return sure[:n_sure], kept[:n_kept]
+def _busy(bits, busy, idx):  # pragma: no cover - compiled
+    # Positions of the values pass 2 needs (a chosen bucket or a sure outlier), without a
+    # branch: most values need nothing, and a mispredicted branch per needed one costs more
+    # than this loop.
+    m = 0
+    for i in range(bits.shape[0]):
+        idx[m] = i
+        m += busy[bits[i] >> 16]
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _route(
+    bits, idx, m, table, picks, state, picked, counts, dense, starts, fills, packed
+):  # pragma: no cover - compiled
+    seen = state[0]  # sure outliers met so far (all batches)
+    pos = state[1]  # picks taken so far
+    nxt = picks[pos] if pos < picks.shape[0] else -1
+    for j in range(m):
+        b = bits[idx[j]]
+        s = table[b >> 16]
+        if s == SURE:
+            if seen == nxt:
+                picked[pos] = b
+                pos += 1
+                nxt = picks[pos] if pos < picks.shape[0] else -1
+            seen += 1
+            continue
+        # the order-preserving key's low 16 bits (vitquant.analysis.keys.sortable_keys: the
+        # signed bits, with the 31 magnitude bits flipped for a negative float)
+        k = np.int32(b)
+        low = (k ^ ((k >> 31) & 0x7FFFFFFF)) & 0xFFFF
+        f = fills[s]
+        if f >= counts[s]:
+            state[0] = seen
+            state[1] = pos
+            return s
+        fills[s] = f + 1
+        if dense[s]:
+            packed[starts[s] + low] += 1
+        else:
+            packed[starts[s] + f] = low
+    state[0] = seen
+    state[1] = pos
+    return -1
+
+
+_SCRATCH = np.empty(0, dtype=np.int32)  # route_batch's positions, reused (one thread)
 
 
 def _as_3d(x: torch.Tensor, cdim: int) -> np.ndarray:
@@ -115,84 +138,53 @@ def _as_3d(x: torch.Tensor, cdim: int) -> np.ndarray:
     return x.numpy().reshape(outer, shape[cdim], inner)
 
 
-_POOL: ThreadPoolExecutor | None = None
-_MIN_PER_PART = 1 << 16  # values; smaller batches are not worth a thread hand-off
-_MAX_PARTS = 8
-
-
-def _parts(n_values: int) -> int:
-    """How many parts a batch of ``n_values`` values is cut into (not the thread count: the
-    sums must not depend on it)."""
-    return max(1, min(_MAX_PARTS, n_values // _MIN_PER_PART))
-
-
-def _map(fn, chunks: list, *, state=None) -> tuple[list, list]:
-    """``fn(chunk, own)`` over ``chunks`` on ``torch.get_num_threads()`` threads (this one
-    included): thread ``k`` runs chunks ``k, k + threads, ...`` in order with its own
-    ``own = state(k)``. Returns the results in chunk order and each thread's ``own``."""
-    global _POOL
-    workers = max(1, min(len(chunks), torch.get_num_threads()))
-    state = state or (lambda k: None)
-
-    def group(k: int):
-        own = state(k)
-        return own, [fn(c, own) for c in chunks[k::workers]]
-
-    if workers == 1:
-        own, results = group(0)
-        return results, [own]
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vitquant-stats")
-    futures = [_POOL.submit(group, k) for k in range(1, workers)]
-    groups = [group(0), *(f.result() for f in futures)]
-    results: list = [None] * len(chunks)
-    for k, (_, part) in enumerate(groups):
-        results[k::workers] = part
-    return results, [own for own, _ in groups]
-
-
-def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
-    bounds = [n * k // parts for k in range(parts + 1)]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
 def batch_summary(
     x: torch.Tensor, cdim: int, shift: float, hist: np.ndarray
 ) -> tuple[float, float, np.ndarray, np.ndarray]:
     """A batch's pass-1 summary: adds the top-16-bit counts to ``hist`` (raw bit order) and returns
     ``(sum, sum((x - shift)^2), per-channel min, per-channel max)`` (sums in float64)."""
     values = _as_3d(x, cdim)
-    channels = values.shape[1]
-    cuts = _cuts(values.shape[0], min(_parts(values.size), values.shape[0]))
-
-    def run(cut: tuple[int, int], own: np.ndarray):
-        part = values[cut[0] : cut[1]]
-        cmin = np.full(channels, np.inf, np.float32)
-        cmax = np.full(channels, -np.inf, np.float32)
-        total, squares = _pass1(part, part.view(np.uint32), float(shift), own, cmin, cmax)
-        return total, squares, cmin, cmax
-
-    parts, hists = _map(run, cuts, state=lambda k: hist if k == 0 else np.zeros_like(hist))
-    for own in hists[1:]:
-        hist += own
-    total = sum(p[0] for p in parts)  # in part order: the same bits whatever the threads
-    squares = sum(p[1] for p in parts)
-    cmin = np.minimum.reduce([p[2] for p in parts])
-    cmax = np.maximum.reduce([p[3] for p in parts])
+    cmin = np.full(values.shape[1], np.inf, np.float32)
+    cmax = np.full(values.shape[1], -np.inf, np.float32)
+    if values.size == 0:
+        return 0.0, 0.0, cmin, cmax
+    total, squares = _pass1(values, values.view(np.uint32), float(shift), hist, cmin, cmax)
     return total, squares, cmin, cmax
 
 
-def split_batch(x: torch.Tensor, table: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values whose raw top bits have class 1 in ``table`` (sure outliers), and the keys of
-    those with class 2 (kept buckets), in the order they come."""
-    flat = x.detach().to(torch.float32).contiguous().reshape(-1).numpy()
-    bits = flat.view(np.uint32)
-    cuts = _cuts(len(flat), _parts(len(flat)))
-    if not cuts:  # an empty output (a zero-size tensor at this point)
-        return torch.empty(0, dtype=torch.float32), torch.empty(0, dtype=torch.int32)
-    parts, _ = _map(lambda c, _: _pass2(flat[c[0] : c[1]], bits[c[0] : c[1]], table), cuts)
-    if len(parts) == 1:
-        sure, kept = parts[0]
-    else:
-        sure, kept = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    return torch.from_numpy(sure), torch.from_numpy(kept)
+def route_batch(x: torch.Tensor, table: np.ndarray, busy: np.ndarray, sampler, refine) -> int:
+    """Pass 2 over one batch, in one read of each value: the values of the chosen buckets go to
+    ``refine``'s storage (``vitquant.analysis.radix.Refinement``), and the values sure to be
+    outliers are counted and those at the ranks ``sampler.picks`` kept in ``sampler.picked``.
+
+    Args:
+        x: the batch (any shape; read as float32 in memory order).
+        table: by the raw top 16 bits of a value: ``SKIP``, ``SURE`` or the index of its chosen
+            bucket in ``refine``.
+        busy: ``table != SKIP`` as uint8.
+        sampler: ``picks`` (sorted ranks among all sure outliers of the pass, int64),
+            ``state`` (int64 ``[seen, taken]``, carried across batches) and ``picked`` (float32,
+            one per pick).
+        refine: the ``Refinement`` whose ``counts``, ``dense``, ``starts``, ``fills``, ``packed``
+            receive the values.
+
+    Returns:
+        -1, or the index of a chosen bucket that met more values than pass 1 counted (the model
+        is not deterministic).
+
+    One thread: the picks and the buffers are filled in stream order (pass 2 is read-bound, and
+    a second Python thread competes with PyTorch's spinning OpenMP workers between operators).
+    """
+    global _SCRATCH
+    bits = x.detach().to(torch.float32).contiguous().reshape(-1).numpy().view(np.uint32)
+    if len(_SCRATCH) <= len(bits):
+        _SCRATCH = np.empty(len(bits) + 1, dtype=np.int32)
+    m = _busy(bits, busy, _SCRATCH)
+    picked = sampler.picked.view(np.uint32)
+    r = refine
+    return int(
+        _route(
+            bits, _SCRATCH, m, table, sampler.picks, sampler.state, picked,
+            r.counts, r.dense, r.starts, r.fills, r.packed,
+        )
+    )  # fmt: skip

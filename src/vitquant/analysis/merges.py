@@ -76,3 +76,28 @@ class Reservoir:
         keep = self.rng.choice(len(self.values), k - new, replace=False) if k - new else []
         pick = torch.from_numpy(self.rng.choice(m, new, replace=False))
         self.values = np.concatenate([self.values[keep], flat[pick].float().numpy()])
+
+
+class RankSample:
+    """A uniform sample (without replacement) of ``min(size, total)`` of ``total`` values that
+    will stream past, drawn upfront as sorted ranks: the values at those ranks are kept as they
+    come (by ``vitquant.analysis.kernels.route_batch``), so nothing else is copied or drawn per
+    batch. For a stream whose length is known before it starts (pass 2's sure outliers: pass 1
+    counted them).
+    """
+
+    def __init__(self, total: int, size: int, rng: np.random.Generator):
+        k = min(size, total)
+        self.total = total
+        picks = rng.choice(total, k, replace=False) if k else np.empty(0, np.int64)
+        self.picks = np.sort(picks).astype(np.int64)
+        self.picked = np.empty(k, dtype=np.float32)
+        self.state = np.zeros(2, dtype=np.int64)  # [values seen, picks taken]
+
+    @property
+    def seen(self) -> int:
+        return int(self.state[0])
+
+    def values(self) -> np.ndarray:
+        """The sample (in stream order); all of it once ``total`` values have streamed past."""
+        return self.picked[: int(self.state[1])]

@@ -26,30 +26,29 @@ _NONDETERMINISTIC = (
 
 
 class BucketValues:
-    """The low 16 bits of every value in one coarse ``bucket`` whose total ``count`` is known."""
+    """The low 16 bits of every value in one coarse ``bucket`` whose total ``count`` is known.
 
-    def __init__(self, bucket: int, count: int):
+    A view into its ``Refinement``'s packed storage (``data``): a buffer of exactly ``count``
+    low bits when the bucket holds at most 65,536 values, a dense 65,536-bin histogram
+    otherwise. ``fill`` (how many values were recorded) lives in the refinement's ``fills``, which
+    the pass-2 kernel (``vitquant.analysis.kernels.route_batch``) advances.
+    """
+
+    def __init__(self, bucket: int, count: int, data: torch.Tensor, fills: np.ndarray, index: int):
         self.bucket = bucket
         self.count = count
         self.dense = count > BUCKETS
-        if self.dense:
-            dtype = torch.int32 if count < 2**31 else torch.int64
-            self.data = torch.zeros(BUCKETS, dtype=dtype)
-        else:
-            self.data = torch.empty(count, dtype=torch.int32)
-        self.fill = 0
+        self.data = data
+        self._fills = fills
+        self._index = index
 
-    def add(self, keys: torch.Tensor) -> None:
-        """Record the values whose keys (all in this bucket) are ``keys``."""
-        low = keys & 0xFFFF
-        n = low.numel()
-        if self.fill + n > self.count:
-            raise VitquantError(_NONDETERMINISTIC)
-        if self.dense:
-            self.data.index_add_(0, low.long(), torch.ones(n, dtype=self.data.dtype))
-        else:
-            self.data[self.fill : self.fill + n] = low
-        self.fill += n
+    @property
+    def fill(self) -> int:
+        return int(self._fills[self._index])
+
+    @fill.setter
+    def fill(self, value: int) -> None:
+        self._fills[self._index] = value
 
     def shard(self) -> torch.Tensor:
         """What this process recorded (buffer mode: the filled part)."""
@@ -86,25 +85,31 @@ class Refinement:
     """
 
     def __init__(self, cum: torch.Tensor, buckets: set[int]):
-        self._below = {b: int(cum[b - 1]) if b else 0 for b in sorted(buckets)}  # not all of cum
-        self.slots = {b: BucketValues(b, int(cum[b]) - below) for b, below in self._below.items()}
+        chosen = sorted(buckets)
+        self._below = {b: int(cum[b - 1]) if b else 0 for b in chosen}  # not all of cum
+        self.counts = np.array([int(cum[b]) - self._below[b] for b in chosen], dtype=np.int64)
+        self.dense = self.counts > BUCKETS
+        sizes = np.where(self.dense, BUCKETS, self.counts)
+        self.starts = (np.cumsum(sizes) - sizes).astype(np.int64)
+        dtype = np.int32 if int(self.counts.max(initial=0)) < 2**31 else np.int64
+        self.packed = np.zeros(int(sizes.sum()), dtype=dtype)  # buffers and dense histograms
+        self.fills = np.zeros(len(chosen), dtype=np.int64)
+        view = torch.from_numpy(self.packed)
+        self.slots = {
+            b: BucketValues(b, int(c), view[a : a + int(n)], self.fills, i)
+            for i, (b, c, a, n) in enumerate(
+                zip(chosen, self.counts, self.starts, sizes, strict=True)
+            )
+        }
         self._distinct: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def below(self, bucket: int) -> int:
         """How many values lie in buckets before ``bucket`` (a chosen one)."""
         return self._below[bucket]
 
-    def add(self, keys: torch.Tensor, buckets: torch.Tensor) -> None:
-        """Record values (their keys and coarse buckets) that fall in chosen buckets."""
-        if not keys.numel():
-            return
-        order = torch.argsort(buckets, stable=True)  # one sort instead of a mask per bucket
-        keys = keys[order]
-        uniq, counts = torch.unique_consecutive(buckets[order], return_counts=True)
-        start = 0
-        for b, c in zip(uniq.tolist(), counts.tolist(), strict=True):
-            self.slots[b].add(keys[start : start + c])
-            start += c
+    def overflowed(self, slot: int) -> None:
+        """The pass-2 kernel met more values in chosen slot ``slot`` than pass 1 counted."""
+        raise VitquantError(_NONDETERMINISTIC)
 
     def distinct(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
         if bucket not in self._distinct:

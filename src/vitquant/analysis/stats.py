@@ -37,20 +37,15 @@ from vitquant.analysis.fences import (
     window_outliers,
 )
 from vitquant.analysis.hooks import Point, observation_points, observe
-from vitquant.analysis.kernels import batch_summary, split_batch
+from vitquant.analysis.kernels import SKIP, SURE, batch_summary, route_batch
 from vitquant.analysis.keys import (
     BUCKETS,
     RAW_OF_BUCKET,
     bucket_bounds,
-    bucket_of,
     float32_at_least,
     float32_at_most,
 )
-from vitquant.analysis.merges import (
-    Reservoir,
-    chan_merge,
-    merge_samples,
-)
+from vitquant.analysis.merges import RankSample, Reservoir, chan_merge, merge_samples
 from vitquant.analysis.radix import Refinement
 from vitquant.distributed import DistContext
 from vitquant.errors import VitquantError
@@ -157,6 +152,8 @@ class PointAccumulator:
         self.sample = Reservoir(sample_size, rng)
         self.outliers = Reservoir(sample_size, rng)
         self.refine: Refinement | None = None
+        self.local_hist: torch.Tensor | None = None  # under torchrun: pass 1's own histogram
+        self.sure_sample: RankSample | None = None
         self.windows: tuple[range, range] | None = None  # the fences' uncertainty windows
         self.n_sure_out = 0  # values in buckets wholly beyond a fence's window
         self.quartiles: tuple[float, float, float] | None = None
@@ -211,7 +208,9 @@ class PointAccumulator:
         cum = torch.cumsum(counts, 0)
         self.rank_bucket = self._rank_buckets(cum)
         chosen = set(self.rank_bucket.values())
-        self.table = np.zeros(BUCKETS, dtype=np.uint8)  # by raw top bits: 1 sure, 2 kept
+        # route_batch's table, by raw top bits: SKIP, SURE or the index of a chosen bucket
+        self.table = np.full(BUCKETS, SKIP, dtype=np.int32)
+        sure_total = 0
         self.windows = fence_windows(
             self._quartile_bounds(0.25, self.rank_bucket),
             self._quartile_bounds(0.75, self.rank_bucket),
@@ -223,20 +222,36 @@ class PointAccumulator:
             self.n_sure_out = sure_outliers(self.windows, cum)
             sure = torch.ones(BUCKETS, dtype=torch.bool)
             sure[self.windows[0].start : self.windows[1].stop] = False
-            self.table[RAW_OF_BUCKET[sure].numpy()] = 1
+            sure[sorted(chosen)] = False  # a chosen bucket's values are kept, not sampled
+            self.table[RAW_OF_BUCKET[sure].numpy()] = SURE
+            # this process' own sure outliers (under torchrun its pass-1 histogram before merging)
+            mine = counts if self.local_hist is None else self.local_hist[RAW_OF_BUCKET]
+            sure_total = int(mine[sure].sum())
+        self.local_hist = None
         self.refine = Refinement(cum, chosen)
-        self.table[RAW_OF_BUCKET[sorted(chosen)].numpy()] = 2
+        self.table[RAW_OF_BUCKET[sorted(chosen)].numpy()] = np.arange(len(chosen), dtype=np.int32)
+        self.sure_sample = RankSample(sure_total, self.outliers.size, self.outliers.rng)
+        self.busy = (self.table != SKIP).astype(np.uint8)
 
     def update2(self, x: torch.Tensor) -> None:
         """Every value of the chosen buckets; the values sure to be outliers are sampled."""
-        sure, keys = split_batch(x, self.table)
-        if self.windows is not None and sure.numel():
-            self.outliers.add(sure)
-        self.refine.add(keys, bucket_of(keys))
+        slot = route_batch(x, self.table, self.busy, self.sure_sample, self.refine)
+        if slot >= 0:
+            self.refine.overflowed(slot)
+
+    def take_sure_sample(self) -> None:
+        """Move pass 2's sample of sure outliers into ``outliers`` (once; before merging)."""
+        sample, self.sure_sample = self.sure_sample, None
+        if sample is None:
+            return
+        if sample.seen != sample.total:
+            self.refine.overflowed(-1)
+        self.outliers.seen, self.outliers.values = sample.total, sample.values()
 
     def end2(self) -> None:
         """Exact quartiles and fences; outlier count, whiskers and outlier sample unless the
         point needs a third pass."""
+        self.take_sure_sample()
         targets = {r: self.refine.value_at_rank(r, b) for r, b in self.rank_bucket.items()}
         qs = []
         for q in QUANTILES:
@@ -253,7 +268,7 @@ class PointAccumulator:
         self.needs_pass3 = self.windows is None
         if not self.needs_pass3:
             self._count_outliers()
-        self.refine = self.table = None  # free the kept values and the class table
+        self.refine = self.table = self.busy = None  # free the kept values and the table
 
     def _count_outliers(self) -> None:
         """Outliers, whiskers and outlier sample from the kept buckets and the sure outliers."""

@@ -34,6 +34,7 @@ def merge_pass1(
 ) -> None:
     """Merge the moments, extremes, channel maxima, samples and coarse histograms in place."""
     for acc in accs:  # (65536,) int64 each
+        acc.local_hist = acc.hist_raw.clone()  # this rank's own (its share of sure outliers)
         all_reduce_(acc.hist_raw, ctx, "sum")
     mine = [
         (a.n, a.mean, a.m2, a.min, a.max, a.chan_absmax, a.sample.seen, a.sample.values)
@@ -62,6 +63,7 @@ def merge_pass2(
 ) -> None:
     """Merge the kept buckets' values and the samples of sure outliers in place."""
     for acc in accs:
+        acc.take_sure_sample()
         for slot in acc.refine.slots.values():  # the same buckets, in order, everywhere
             if slot.dense:
                 all_reduce_(slot.data, ctx, "sum")
