@@ -10,6 +10,12 @@ steps (``PointAccumulator.update1`` ... ``update3``); ``breakdown_in_plain_passe
 the rest (forward passes with hooks, data loading) against one plain pass. Two passes over the
 images cost two plain passes before any statistic is taken: the floor of a two-pass design.
 
+Each round also times a **one-pass floor**: one forward pass over the same images whose hooks
+run only the per-value work any exact design must do at least once: pass 1's kernels (the
+65,536-bin histogram, moments and channel extremes) and pass 2's scan for the values it needs
+(``_busy`` against a table marking 6% of the buckets), with no bookkeeping, sampling or second
+pass. It bounds from below what even a one-pass design with perfect guesses would cost.
+
 Memory: each of ``--sizes`` runs in a child process of its own (so sizes do not contaminate
 each other), which reports its peak resident set size (``ru_maxrss``) after loading the model
 and data and after the analysis. The statistics are streaming, so the peak must not grow by more
@@ -91,6 +97,35 @@ def _analyse(
             setattr(stats.PointAccumulator, name, original)
 
 
+def one_pass_floor(loaded, bundle, batch_size: int) -> None:
+    """One forward pass whose hooks do only the per-value kernels (see the module docstring)."""
+    import numpy as np
+    import torch
+
+    from vitquant.analysis import kernels
+    from vitquant.analysis.hooks import observation_points, observe
+    from vitquant.analysis.keys import BUCKETS
+
+    example, _ = next(bundle.batches("calib", loaded.spec, batch_size=2))
+    points = observation_points(loaded.model, example, family=loaded.spec.family)
+    hists = {p.point: np.zeros(BUCKETS, np.int64) for p in points}
+    busy = np.zeros(BUCKETS, np.uint8)
+    busy[np.random.default_rng(0).choice(BUCKETS, BUCKETS * 6 // 100)] = 1
+    scratch = np.empty(0, np.int32)
+
+    def hook(p, out):
+        nonlocal scratch
+        kernels.batch_summary(out, p.channel_dim % out.dim(), 0.0, hists[p.point])
+        bits = out.float().contiguous().reshape(-1).numpy().view(np.uint32)
+        if len(scratch) <= len(bits):
+            scratch = np.empty(len(bits) + 1, np.int32)
+        kernels._busy(bits, busy, scratch)
+
+    with torch.no_grad(), observe(loaded.model, points, hook):
+        for x, _ in bundle.batches("calib", loaded.spec, batch_size=batch_size):
+            loaded.model(x)
+
+
 def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int) -> dict:
     """Interleaved rounds of plain inference and analysis over the same ``n`` images."""
     import torch
@@ -104,14 +139,18 @@ def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int
 
     plain()  # warm-ups (allocator, first-call costs, the analysis' imports)
     _analyse(loaded, bundle, batch_size)
+    one_pass_floor(loaded, bundle, batch_size)
     rounds = []
     third: list[bool] = []
     for r in range(repeats):
         times = {}
-        for name in ("plain", "analysis") if r % 2 == 0 else ("analysis", "plain"):
+        order = ("plain", "analysis", "one_pass_floor")
+        for name in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             if name == "plain":
                 plain()
+            elif name == "one_pass_floor":
+                one_pass_floor(loaded, bundle, batch_size)
             else:
                 spent: dict = {}
                 stats = _analyse(loaded, bundle, batch_size, third if r == 0 else None, spent)
@@ -120,6 +159,8 @@ def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int
         rounds.append(times)
     ratios = [t["analysis"] / t["plain"] for t in rounds]
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    floors = [t["one_pass_floor"] / t["plain"] for t in rounds]
+    fq = statistics.quantiles(floors, n=4) if len(floors) > 1 else [floors[0]] * 3
     return {
         "images": len(bundle.calib_idx),
         "points": len(stats),
@@ -129,6 +170,9 @@ def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int
         "plain_s_median": statistics.median(t["plain"] for t in rounds),
         "analysis_s_median": statistics.median(t["analysis"] for t in rounds),
         "ratio": {"median": statistics.median(ratios), "iqr": q[2] - q[0]},
+        # one forward with only the per-value kernels (pass 1's and pass 2's scan): the floor
+        # of any exact design on this machine, a one-pass one with perfect guesses included
+        "one_pass_floor_ratio": {"median": statistics.median(floors), "iqr": fq[2] - fq[0]},
         # Where the analysis' time goes, in units of one plain pass (per-round medians): its
         # forward passes over the images (with hooks) and the statistics' own steps.
         "breakdown_in_plain_passes": breakdown(rounds),
@@ -205,6 +249,11 @@ def main() -> None:
         f"{timing['analysis_s_median']:.1f} s vs plain inference {timing['plain_s_median']:.2f} s"
         f" = {timing['ratio']['median']:.2f}x (IQR {timing['ratio']['iqr']:.2f}); "
         f"{timing['points_needing_a_third_pass']} points needed a third pass"
+    )
+    floor = timing["one_pass_floor_ratio"]
+    print(
+        f"one-pass floor (one forward, per-value kernels only): {floor['median']:.2f}x "
+        f"(IQR {floor['iqr']:.2f})"
     )
     print(
         "in plain passes: "
