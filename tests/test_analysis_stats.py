@@ -10,6 +10,7 @@ from vitquant.analysis import stats
 from vitquant.analysis.hooks import observation_points, observe
 from vitquant.analysis.keys import key_to_float, sortable_keys
 from vitquant.analysis.stats import PointAccumulator, collect_activation_stats, stream_stats
+from vitquant.errors import VitquantError
 
 
 def numpy_reference(a: np.ndarray) -> dict:
@@ -161,3 +162,17 @@ def test_to_dict_names_the_module(digits_vit):
     assert d["blocks.1.attn.softmax"]["module"] == "blocks.1.attn.proj"
     assert "sample" not in d["head"]
     assert len(stats[0].to_dict(samples=True)["sample"]) == 10
+
+
+@pytest.mark.parametrize("scale", [1.01, 0.99], ids=["values grow", "values shrink"])
+def test_a_model_that_changes_between_passes_is_refused(scale):
+    """Pass 2 meets other values than pass 1 counted (dropout left on, say): a clear error."""
+    a = np.random.default_rng(0).standard_normal(5000).astype(np.float32)
+    calls = []
+
+    def source():
+        calls.append(1)
+        return [torch.from_numpy(a if len(calls) == 1 else a * scale)]
+
+    with pytest.raises(VitquantError, match="deterministic model"):
+        stream_stats(source)

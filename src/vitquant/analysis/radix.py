@@ -107,8 +107,8 @@ class Refinement:
         """How many values lie in buckets before ``bucket`` (a chosen one)."""
         return self._below[bucket]
 
-    def overflowed(self, slot: int) -> None:
-        """The pass-2 kernel met more values in chosen slot ``slot`` than pass 1 counted."""
+    def disagrees(self) -> None:
+        """Pass 2 met more (or fewer) values somewhere than pass 1 counted there."""
         raise VitquantError(_NONDETERMINISTIC)
 
     def distinct(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:

@@ -237,7 +237,7 @@ class PointAccumulator:
         """Every value of the chosen buckets; the values sure to be outliers are sampled."""
         slot = route_batch(x, self.table, self.busy, self.sure_sample, self.refine)
         if slot >= 0:
-            self.refine.overflowed(slot)
+            self.refine.disagrees()
 
     def take_sure_sample(self) -> None:
         """Move pass 2's sample of sure outliers into ``outliers`` (once; before merging)."""
@@ -245,7 +245,7 @@ class PointAccumulator:
         if sample is None:
             return
         if sample.seen != sample.total:
-            self.refine.overflowed(-1)
+            self.refine.disagrees()
         self.outliers.seen, self.outliers.values = sample.total, sample.values()
 
     def end2(self) -> None:
