@@ -26,6 +26,9 @@ interleaved with the other sizes, and the medians are compared.
     python benchmarks/analysis_cost.py                        # cifar_vit: 1,000 images timed
     python benchmarks/analysis_cost.py --model digits_vit --data digits --sizes 100 400 \\
         --time-images 200 --repeats 2
+    python benchmarks/analysis_cost.py --model timm:deit_small_patch16_224 --batch-size 32 \
+        --time-images 128 --sizes 64 256 --memory-repeats 1 \
+        --out runs/bench/analysis_cost_deit_s.json
 
 Writes JSON to runs/bench/analysis_cost.json (or --out) and prints a summary.
 """
@@ -58,7 +61,8 @@ def _load(model_name: str, data: str, n: int):
     from vitquant.registry import load_model
 
     torch.manual_seed(0)
-    loaded = load_model(model_name)
+    # a timm: architecture without its checkpoint (offline): random weights, on purpose
+    loaded = load_model(model_name, random_weights=model_name.startswith("timm:"))
     loaded.model.eval()
     return loaded, load_data(data, calib=n)
 
