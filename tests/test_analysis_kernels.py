@@ -62,9 +62,12 @@ def _routing(x: torch.Tensor, chosen: list[int], sure: list[int], size: int):
     return refine, table, (table != SKIP).astype(np.uint8), sample
 
 
-def test_route_batch_equals_numpy():
+@pytest.mark.parametrize("chunk", [None, 997], ids=["whole batches", "997-value chunks"])
+def test_route_batch_equals_numpy(chunk, monkeypatch):
     """Kept low bits (a buffer in stream order, a dense histogram) and the sampled sure values
-    equal a NumPy selection, whatever the batches the stream is cut into."""
+    equal a NumPy selection, whatever the batches (and chunks) the stream is cut into."""
+    if chunk is not None:
+        monkeypatch.setattr("vitquant.analysis.kernels.CHUNK", chunk)
     crowd = 1.0 + 0.007 * torch.rand(70_000, generator=torch.Generator().manual_seed(0))
     special = torch.tensor([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45])
     x = torch.cat([_data((3000,)), crowd, special])[torch.randperm(73_006)]

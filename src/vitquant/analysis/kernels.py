@@ -124,7 +124,8 @@ def _route(
     return -1
 
 
-_SCRATCH = np.empty(0, dtype=np.int32)  # route_batch's positions, reused (one thread)
+CHUNK = 1 << 22  # values route_batch scans at a time (its positions buffer: 16 MiB of int32)
+_SCRATCH = np.empty(CHUNK + 1, dtype=np.int32)  # route_batch's positions, reused (one thread)
 
 
 def _as_3d(x: torch.Tensor, cdim: int) -> np.ndarray:
@@ -175,16 +176,16 @@ def route_batch(x: torch.Tensor, table: np.ndarray, busy: np.ndarray, sampler, r
     One thread: the picks and the buffers are filled in stream order (pass 2 is read-bound, and
     a second Python thread competes with PyTorch's spinning OpenMP workers between operators).
     """
-    global _SCRATCH
-    bits = x.detach().to(torch.float32).contiguous().reshape(-1).numpy().view(np.uint32)
-    if len(_SCRATCH) <= len(bits):
-        _SCRATCH = np.empty(len(bits) + 1, dtype=np.int32)
-    m = _busy(bits, busy, _SCRATCH)
+    flat = x.detach().to(torch.float32).contiguous().reshape(-1).numpy().view(np.uint32)
     picked = sampler.picked.view(np.uint32)
     r = refine
-    return int(
-        _route(
+    for start in range(0, len(flat), CHUNK):  # in stream order: the picks and buffers need it
+        bits = flat[start : start + CHUNK]
+        m = _busy(bits, busy, _SCRATCH)
+        slot = _route(
             bits, _SCRATCH, m, table, sampler.picks, sampler.state, picked,
             r.counts, r.dense, r.starts, r.fills, r.packed,
-        )
-    )  # fmt: skip
+        )  # fmt: skip
+        if slot >= 0:
+            return int(slot)
+    return -1
