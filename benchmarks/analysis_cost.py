@@ -19,9 +19,14 @@ pass. It bounds from below what even a one-pass design with perfect guesses woul
 Memory: each of ``--sizes`` runs in a child process of its own (so sizes do not contaminate
 each other), which reports its peak resident set size (``ru_maxrss``) after loading the model
 and data and after the analysis. The statistics are streaming, so the peak must not grow by more
-than ``LIMIT_MB`` from the smallest size to the largest. The same size's peak varies by ~120 MB
-from one process to the next (the allocator), so each size runs ``--memory-repeats`` times,
-interleaved with the other sizes, and the medians are compared.
+than ``LIMIT_MB`` from the smallest size to the largest. Two measures:
+
+- the peak of the memory the analysis allocates through Python and NumPy (``tracemalloc``: every
+  statistic's state, the kept buckets, the samples; not PyTorch's activations, whose size does
+  not depend on N). It is the same from run to run, and it decides ``memory_flat``;
+- the process' peak resident set size. The same size's peak varies by ~150 MB from one process
+  to the next (the allocator), so each size runs ``--memory-repeats`` times, interleaved with
+  the other sizes, and the medians are reported.
 
     python benchmarks/analysis_cost.py                        # cifar_vit: 1,000 images timed
     python benchmarks/analysis_cost.py --model digits_vit --data digits --sizes 100 400 \\
@@ -182,9 +187,35 @@ def time_child(model_name: str, data: str, n: int, batch_size: int, repeats: int
         # Where the analysis' time goes, in units of one plain pass (per-round medians): its
         # forward passes over the images (with hooks) and the statistics' own steps.
         "breakdown_in_plain_passes": breakdown(rounds),
+        "profile": profile(loaded, bundle, batch_size),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def profile(loaded, bundle, batch_size: int, top: int = 20) -> list[dict]:
+    """One more analysis under cProfile (after the timed rounds): the ``top`` functions by their
+    own time, PyTorch operators and the statistics' kernels alike (cProfile's overhead included,
+    so the shares matter, not the seconds)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    _analyse(loaded, bundle, batch_size)
+    prof.disable()
+    rows = pstats.Stats(prof).stats  # (file, line, name) -> (calls, _, own s, cumulative s, _)
+    total = sum(v[2] for v in rows.values())
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1][2])[:top]
+    return [
+        {
+            "function": name if file == "~" else f"{Path(file).name}:{line}({name})",
+            "calls": v[0],
+            "own_s": round(v[2], 4),
+            "own_share": round(v[2] / total, 4),
+        }
+        for (file, line, name), v in ranked
+    ]
 
 
 def breakdown(rounds: list[dict]) -> dict:
@@ -205,15 +236,21 @@ def breakdown(rounds: list[dict]) -> dict:
 
 def memory_child(model_name: str, data: str, n: int, batch_size: int) -> dict:
     """Analyse ``n`` calibration images in this process; report peak memory."""
+    import tracemalloc
+
     loaded, bundle = _load(model_name, data, n)
     before = _rss_mb()
     start = time.perf_counter()
+    tracemalloc.start()  # NumPy's arrays (all the statistics' state) and Python objects
     stats = _analyse(loaded, bundle, batch_size)
+    traced_peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     return {
         "images": len(bundle.calib_idx),
         "points": len(stats),
         "peak_rss_mb_before": before,
         "peak_rss_mb": _rss_mb(),
+        "traced_peak_mb": traced_peak,
         "seconds": time.perf_counter() - start,
         "mean_outlier_pct": sum(s.outlier_pct for s in stats) / len(stats),
     }
@@ -266,20 +303,29 @@ def main() -> None:
         "in plain passes: "
         + ", ".join(f"{k} {v:.2f}" for k, v in timing["breakdown_in_plain_passes"].items())
     )
+    print(
+        "profile (own time): "
+        + ", ".join(f"{r['function']} {100 * r['own_share']:.0f}%" for r in timing["profile"][:10])
+    )
     peaks: dict[int, list[float]] = {n: [] for n in args.sizes}
+    traced: dict[int, list[float]] = {n: [] for n in args.sizes}
     runs = []
     for _ in range(args.memory_repeats):
         for n in args.sizes:
             result = _child(args, "--memory-child", str(n))
             runs.append(result)
             peaks[n].append(result["peak_rss_mb"])
+            traced[n].append(result["traced_peak_mb"])
             print(
                 f"{n:>6} images: peak RSS {result['peak_rss_mb']:.1f} MB (after loading "
-                f"{result['peak_rss_mb_before']:.1f} MB), {result['seconds']:.1f} s"
+                f"{result['peak_rss_mb_before']:.1f} MB), analysis' own peak "
+                f"{result['traced_peak_mb']:.1f} MB, {result['seconds']:.1f} s"
             )
     median_peak = {n: statistics.median(v) for n, v in peaks.items()}
+    traced_peak = {n: max(v) for n, v in traced.items()}
     small, large = min(args.sizes), max(args.sizes)
-    growth = median_peak[large] - median_peak[small]
+    growth = traced_peak[large] - traced_peak[small]
+    rss_growth = median_peak[large] - median_peak[small]
     payload = {
         "benchmark": "analysis_cost",
         "model": args.model,
@@ -290,6 +336,8 @@ def main() -> None:
         "ratio_met": timing["ratio"]["median"] <= TARGET_RATIO,
         "memory_runs": runs,
         "median_peak_rss_mb": median_peak,
+        "rss_growth_mb": rss_growth,
+        "traced_peak_mb": traced_peak,
         "growth_mb": growth,
         "limit_mb": LIMIT_MB,
         "memory_flat": growth <= LIMIT_MB,
@@ -305,8 +353,9 @@ def main() -> None:
 
     write_json(args.out, payload)
     print(
-        f"memory (medians) {large} vs {small} images: {growth:+.1f} MB "
+        f"analysis' own memory {large} vs {small} images: {growth:+.1f} MB "
         f"(limit +{LIMIT_MB:.0f} MB) {'flat' if payload['memory_flat'] else 'GROWS'}; "
+        f"peak RSS (medians) {rss_growth:+.1f} MB; "
         f"time ratio {'met' if payload['ratio_met'] else 'over'} the {TARGET_RATIO}x target; "
         f"wrote {args.out}"
     )
