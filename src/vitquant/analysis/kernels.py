@@ -61,8 +61,8 @@ def _extremes(values, cmin, cmax):  # pragma: no cover - compiled
 
 
 def _pass1(values, bits, shift, hist, cmin, cmax):
-    """Histogram, sums and extremes of one part: three tight loops (each vectorises, or keeps
-    its stores in L1) are 2x faster here than one loop doing all three."""
+    """Histogram, sums and extremes of a batch, in separate tight loops (each vectorises, or
+    keeps its stores in L1), which beat one loop doing all three."""
     _histogram(bits.reshape(-1), hist)
     if values.shape[2] == 1:
         _extremes(values, cmin, cmax)
