@@ -17,12 +17,11 @@ x86-int8-attention-bf16          the same, the remaining float operators in bf16
 ...-cpp-wrapper                  the two bf16 variants with inductor's ``cpp_wrapper``
 ================================ ===========================================================
 
-The int8-attention variants are ``StaticPTQ(int8_attention=True)``'s recipe, built here
-step by step so each piece can be timed apart: the attention layout and the fusion pass come from
-``vitquant.quant.x86_attention`` (whose docstring says why they are hand-written), the quantizer
-from ``vitquant.quant.pt2e.make_quantizer(int8_matmul=True)``; every graph runs in vitquant's
-own ``LoweredModel``. ``fused`` counts the attention blocks inductor fused. The kernel exists
-on AMX CPUs only; elsewhere the script says so and stops.
+Every graph is built by vitquant's own ``quantize_static`` (the int8-attention ones with
+``StaticPTQ(int8_attention=True)``: the layout and fusion pass of ``vitquant.quant.x86_attention``,
+whose docstring says why they are hand-written) and runs in vitquant's own ``LoweredModel``.
+``fused`` counts the attention blocks inductor fused. The kernel exists on AMX CPUs only;
+elsewhere the script says so and stops.
 
 Timing (``deit_s_cpu.interleaved``): ``--repeats`` rounds round-robin over the variants (start
 rotated), one untimed and ``--iters`` timed calls each, at batch 1 and 32, 2 threads; speedups
@@ -41,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -59,35 +57,6 @@ VARIANTS = (
 )
 
 
-def with_int8_attention_layout(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` whose timm attention blocks use the fused kernel's layout."""
-    from vitquant.quant import x86_attention
-
-    model = copy.deepcopy(model)
-    tokens = x86_attention.token_count(model)
-    if not tokens or not x86_attention.use_int8_attention_layout(model, tokens):
-        raise SystemExit("no plain timm attention block to put in the int8 layout")
-    return model
-
-
-def convert(model, calib: list[torch.Tensor], *, int8_matmul: bool):
-    """pt2e static int8 with vitquant's x86 config; ``int8_matmul`` also annotates
-    ``torch.matmul`` (both inputs of the attention matmuls)."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    from vitquant.quant.pt2e import export_model, make_quantizer
-
-    quantizer = make_quantizer(backend="x86", int8_matmul=int8_matmul)
-    prepared = prepare_pt2e(export_model(model, calib[0]), quantizer)
-    with torch.no_grad():
-        for batch in calib:
-            prepared(batch)
-    converted = convert_pt2e(prepared)
-    move_exported_model_to_eval(converted)
-    return converted
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
@@ -103,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     from torch._dynamo.utils import counters
 
     from vitquant.data import load_data
+    from vitquant.io import write_json
     from vitquant.quant import x86_attention
+    from vitquant.quant.configs import StaticPTQ
     from vitquant.quant.lowered import LoweredModel, native_bf16
+    from vitquant.quant.pt2e import quantize_static
     from vitquant.registry import get_spec
 
     if not x86_attention.available():
@@ -115,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = get_spec(DEIT)
     model = spec.build(spec.num_classes or 1000).eval()
     bundle = load_data("cifar10", val=0, calib=args.calib, limit=32)
-    calib = [b[0] for b in bundle.batches("calib", spec, batch_size=8)]
     x32 = next(bundle.batches("test", spec, batch_size=32))[0]
-    plain = convert(model, calib, int8_matmul=False)
-    fused = convert(with_int8_attention_layout(model), calib, int8_matmul=True)
+
+    def convert(attention: bool) -> torch.fx.GraphModule:
+        cfg = StaticPTQ(backend="x86", calib=args.calib, calib_batch=8, int8_attention=attention)
+        return quantize_static(model, bundle, spec, cfg).module
+
+    plain, fused = convert(False), convert(True)
 
     def lowered(graph, float_ops: str, cpp_wrapper: bool = False):
         # vitquant's own runner: the fusion pass is on wherever available(), which is a no-op
@@ -187,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in (1, 32)
         ]
         print(name, *cells, f"SQNR {v['logit_sqnr_db']}", f"fused {v['fused_attention_blocks']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, doc)
     print(f"wrote {args.out}")
     return 0
 
