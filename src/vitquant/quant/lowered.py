@@ -22,6 +22,8 @@ emulated and slower).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from vitquant.quant import x86_attention
@@ -96,13 +98,12 @@ class LoweredModel:
         self.compiled_shapes: set[torch.Size] = set()
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        import contextlib
-
-        import torch._inductor.config as inductor_config
-
         bf16 = self.float_ops == "bf16"
-        compiling = x.shape not in self.compiled_shapes
-        patch = inductor_config.patch(self.patch) if compiling else contextlib.nullcontext()
+        patch = contextlib.nullcontext()
+        if x.shape not in self.compiled_shapes:  # this call compiles the shape
+            import torch._inductor.config as inductor_config
+
+            patch = inductor_config.patch(self.patch)
         with patch, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = self.compiled(x)
         self.compiled_shapes.add(x.shape)
